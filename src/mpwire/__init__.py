@@ -1,0 +1,34 @@
+"""mpwire: a fast, safe, wire-compatible drop-in for multiprocessing.connection.
+
+``from mpwire import connection`` replaces ``from multiprocessing import
+connection``; the package also re-exports the public API directly.
+"""
+
+from . import connection
+from .exceptions import AuthenticationError, BufferTooShort, FrameError, MessageTooLong
+from .sync import (
+    Client,
+    Connection,
+    Listener,
+    Pipe,
+    answer_challenge,
+    deliver_challenge,
+    wait,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "BufferTooShort",
+    "Client",
+    "Connection",
+    "FrameError",
+    "Listener",
+    "MessageTooLong",
+    "Pipe",
+    "answer_challenge",
+    "connection",
+    "deliver_challenge",
+    "wait",
+]

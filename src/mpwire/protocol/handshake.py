@@ -1,0 +1,211 @@
+"""The authkey handshake as a state machine, in both roles and both digest styles.
+
+Each half is a challenge and its answer. The challenger sends ``#CHALLENGE#``
+and a random message, the other side replies with an HMAC of it under the
+shared key, and the challenger replies ``#WELCOME#`` or ``#FAILURE#``. A
+listener challenges first and then answers; a client answers first and then
+challenges. Two digest styles exist on the wire:
+
+* legacy (CPython before 3.12): a 20-byte message, an unprefixed HMAC-MD5;
+* modern (3.12 and later): a ``{digest}`` prefix naming the HMAC's hash, over
+  a 40-byte message; the MAC covers the prefix, so it cannot be downgraded.
+
+Modern challengers accept legacy answers (that is how older clients get in),
+and modern answerers reply to legacy challenges in kind.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import os
+from collections.abc import Callable, Generator
+from typing import Final
+
+from ..exceptions import AuthenticationError
+
+__all__ = [
+    "CHALLENGE",
+    "FAILURE",
+    "MAX_HANDSHAKE_MESSAGE",
+    "WELCOME",
+    "Handshake",
+    "Role",
+    "create_response",
+    "verify_response",
+]
+
+CHALLENGE: Final = b"#CHALLENGE#"
+WELCOME: Final = b"#WELCOME#"
+FAILURE: Final = b"#FAILURE#"
+
+MESSAGE_LENGTH: Final = 40
+"""Random bytes in a modern challenge."""
+
+LEGACY_MESSAGE_LENGTH: Final = 20
+"""Random bytes in a legacy challenge; also the shortest challenge answered."""
+
+MAX_HANDSHAKE_MESSAGE: Final = 256
+"""No handshake message may be longer (the stdlib's limit too)."""
+
+_MD5_DIGEST_LENGTH: Final = 16
+_LEGACY_LENGTHS: Final = (LEGACY_MESSAGE_LENGTH, _MD5_DIGEST_LENGTH)
+ALLOWED_DIGESTS: Final = frozenset({b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384"})
+_MAX_DIGEST_NAME: Final = max(len(name) for name in ALLOWED_DIGESTS)
+
+
+def split_digest(message: bytes) -> tuple[str, bytes]:
+    """Split a challenge or response into its digest name and payload.
+
+    The name is empty for the legacy form (16 or 20 bytes, no prefix).
+    """
+    if len(message) in _LEGACY_LENGTHS:
+        return "", message
+    if message.startswith(b"{"):
+        close = message.find(b"}", 1, _MAX_DIGEST_NAME + 2)
+        if close > 0 and message[1:close] in ALLOWED_DIGESTS:
+            return message[1:close].decode("ascii"), message[close + 1 :]
+    raise AuthenticationError(
+        "unsupported message length, missing digest prefix, "
+        f"or unsupported digest: message={message!r}"
+    )
+
+
+def create_response(authkey: bytes, message: bytes) -> bytes:
+    """The answer to a challenge ``message``: its HMAC in the style it asks for."""
+    digest = split_digest(message)[0]
+    if not digest:
+        return hmac.new(authkey, message, "md5").digest()
+    mac = hmac.new(authkey, message, digest).digest()
+    return b"{%s}%s" % (digest.encode("ascii"), mac)
+
+
+def verify_response(authkey: bytes, message: bytes, response: bytes) -> None:
+    """Check an answer to our challenge ``message``, in constant time.
+
+    The answerer may pick any allowed digest; an unprefixed answer is legacy
+    HMAC-MD5. Raises AuthenticationError when the answer is wrong.
+    """
+    digest, mac = split_digest(response)
+    digest = digest or "md5"
+    try:
+        expected = hmac.new(authkey, message, digest).digest()
+    except ValueError:
+        raise AuthenticationError(f"digest {digest!r} unsupported") from None
+    if len(expected) != len(mac):
+        raise AuthenticationError(f"expected {digest!r} of length {len(expected)} got {len(mac)}")
+    if not hmac.compare_digest(expected, mac):
+        raise AuthenticationError("digest received was wrong")
+
+
+class Role(enum.Enum):
+    """Which side of a connection runs the handshake, and so in which order."""
+
+    LISTENER = "listener"
+    """Challenges the peer first, then answers its challenge."""
+    CLIENT = "client"
+    """Answers the peer's challenge first, then challenges it."""
+    CHALLENGER = "challenger"
+    """Only challenges (``deliver_challenge``)."""
+    ANSWERER = "answerer"
+    """Only answers (``answer_challenge``)."""
+
+
+_Steps = Generator[None, bytes, None]
+
+
+class Handshake:
+    """One side's handshake: feed it the peer's messages, send what it queues.
+
+    Drive it like this (every message is one frame, at most
+    ``MAX_HANDSHAKE_MESSAGE`` bytes)::
+
+        while True:
+            for message in handshake.messages_to_send():
+                send(message)
+            handshake.raise_for_failure()
+            if handshake.done:
+                break
+            handshake.receive(recv())
+
+    A failed check queues ``#FAILURE#`` for the peer before it fails, so the
+    driver sends it and then raises, as the stdlib does.
+    """
+
+    def __init__(
+        self,
+        authkey: bytes,
+        role: Role,
+        *,
+        digest: str = "sha256",
+        urandom: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not isinstance(authkey, bytes):
+            raise ValueError(f"Authkey must be bytes, not {type(authkey)!s}")
+        if digest.encode("ascii") not in ALLOWED_DIGESTS:
+            raise ValueError(f"unsupported digest {digest!r}")
+        self._authkey = authkey
+        self._digest = digest
+        self._urandom = urandom
+        self._outgoing: list[bytes] = []
+        self.error: AuthenticationError | None = None
+        self.done = False
+        self._steps = self._run(role)
+        self._advance(None)
+
+    def messages_to_send(self) -> list[bytes]:
+        """The messages to send now, in order (each call returns them once)."""
+        out, self._outgoing = self._outgoing, []
+        return out
+
+    def receive(self, message: bytes) -> None:
+        """Take the peer's next message."""
+        if self.done or self.error is not None:
+            raise AuthenticationError("handshake already finished")
+        self._advance(message)
+
+    def raise_for_failure(self) -> None:
+        """Raise the handshake's AuthenticationError, if it failed."""
+        if self.error is not None:
+            raise self.error
+
+    def _advance(self, message: bytes | None) -> None:
+        try:
+            if message is None:
+                next(self._steps)
+            else:
+                self._steps.send(message)
+        except StopIteration:
+            self.done = True
+        except AuthenticationError as exc:
+            self.error = exc
+
+    def _run(self, role: Role) -> _Steps:
+        if role in (Role.LISTENER, Role.CHALLENGER):
+            yield from self._challenge()
+        if role in (Role.LISTENER, Role.CLIENT, Role.ANSWERER):
+            yield from self._answer()
+        if role is Role.CLIENT:
+            yield from self._challenge()
+
+    def _challenge(self) -> _Steps:
+        message = b"{%s}%s" % (self._digest.encode("ascii"), self._urandom(MESSAGE_LENGTH))
+        self._outgoing.append(CHALLENGE + message)
+        response = yield
+        try:
+            verify_response(self._authkey, message, response)
+        except AuthenticationError:
+            self._outgoing.append(FAILURE)
+            raise
+        self._outgoing.append(WELCOME)
+
+    def _answer(self) -> _Steps:
+        message = yield
+        if not message.startswith(CHALLENGE):
+            raise AuthenticationError(f"Protocol error, expected challenge: message={message!r}")
+        message = message[len(CHALLENGE) :]
+        if len(message) < LEGACY_MESSAGE_LENGTH:
+            raise AuthenticationError(f"challenge too short: {len(message)} bytes")
+        self._outgoing.append(create_response(self._authkey, message))
+        if (yield) != WELCOME:
+            raise AuthenticationError("digest sent was rejected")

@@ -1,0 +1,87 @@
+"""Addresses and families: which socket an address names, and fresh addresses.
+
+``(host, port)`` is TCP (IPv6 when the host is an IPv6 literal such as
+``'::1'``), a ``str`` or path-like is a Unix socket path, and a name starting
+with a NUL byte is a Linux abstract socket.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from multiprocessing import util
+from typing import Any
+
+__all__ = [
+    "BUFSIZE",
+    "CONNECTION_TIMEOUT",
+    "Address",
+    "address_type",
+    "arbitrary_address",
+    "default_family",
+    "families",
+    "is_abstract",
+    "open_socket",
+    "validate_family",
+]
+
+Address = tuple[Any, ...] | str | bytes | os.PathLike[str]
+
+BUFSIZE = 8192
+CONNECTION_TIMEOUT = 20.0
+
+families = ["AF_INET", "AF_UNIX"]
+default_family = "AF_UNIX"
+
+
+def is_abstract(address: object) -> bool:
+    """Whether ``address`` names a Linux abstract socket (a leading NUL byte)."""
+    return isinstance(address, (str, bytes)) and address[:1] in ("\0", b"\0")
+
+
+def address_type(address: object) -> str:
+    """The family an address belongs to: 'AF_INET', 'AF_UNIX' or 'AF_PIPE'."""
+    if isinstance(address, tuple):
+        return "AF_INET"
+    if isinstance(address, str) and address.startswith("\\\\"):
+        return "AF_PIPE"
+    if isinstance(address, (str, os.PathLike)) or is_abstract(address):
+        return "AF_UNIX"
+    raise ValueError(f"address type of {address!r} unrecognized")
+
+
+def validate_family(family: str) -> None:
+    """Raise ValueError unless this platform supports ``family``."""
+    if family not in families:
+        raise ValueError(f"Family {family} is not recognized.")
+
+
+def arbitrary_address(family: str) -> Any:
+    """A fresh address of ``family`` (a Unix socket in a private folder)."""
+    validate_family(family)
+    if family == "AF_INET":
+        return ("localhost", 0)
+    return tempfile.mktemp(prefix="listener-", dir=util.get_temp_dir())
+
+
+def open_socket(address: Any, family: str) -> tuple[socket.socket, Any]:
+    """A blocking socket for ``address``, and the address in the form bind/connect take."""
+    if family == "AF_INET":
+        host = address[0]
+        af = socket.AF_INET6 if isinstance(host, str) and ":" in host else socket.AF_INET
+        sock = socket.socket(af, socket.SOCK_STREAM)
+    else:
+        if not is_abstract(address):
+            address = os.fspath(address)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # A default timeout (socket.setdefaulttimeout) would leave the fd
+    # non-blocking, and the Connection reads it directly.
+    sock.setblocking(True)
+    return sock, address
+
+
+def set_nodelay(sock: socket.socket) -> None:
+    """Send small frames at once: no Nagle delay behind an unacknowledged one."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,41 @@
+"""Runs the sans-I/O authkey handshake over any connection-like object.
+
+Works with mpwire and stdlib Connections alike: all it needs is
+``send_bytes(data)`` and ``recv_bytes(maxlength)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..protocol.handshake import MAX_HANDSHAKE_MESSAGE, Handshake, Role
+
+__all__ = ["answer_challenge", "deliver_challenge", "run_handshake"]
+
+
+def run_handshake(connection: Any, authkey: bytes, role: Role, digest: str = "sha256") -> None:
+    """Authenticate ``connection`` in ``role``; raise AuthenticationError on failure."""
+    handshake = Handshake(authkey, role, digest=digest)
+    while True:
+        for message in handshake.messages_to_send():
+            try:
+                connection.send_bytes(message)
+            except OSError:
+                # The peer may hang up before our #FAILURE# reaches it; the
+                # authentication failure is the error worth reporting.
+                if handshake.error is None:
+                    raise
+        handshake.raise_for_failure()
+        if handshake.done:
+            return
+        handshake.receive(connection.recv_bytes(MAX_HANDSHAKE_MESSAGE))
+
+
+def deliver_challenge(connection: Any, authkey: bytes, digest_name: str = "sha256") -> None:
+    """Challenge the peer to prove it holds ``authkey`` (the stdlib's function)."""
+    run_handshake(connection, authkey, Role.CHALLENGER, digest_name)
+
+
+def answer_challenge(connection: Any, authkey: bytes) -> None:
+    """Prove to the peer that we hold ``authkey`` (the stdlib's function)."""
+    run_handshake(connection, authkey, Role.ANSWERER)
