@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
+from typing import overload
 
 from ..exceptions import FrameError, MessageTooLong
 
@@ -22,10 +24,15 @@ LARGEST_SHORT = 0x7FFFFFFF
 """The largest payload announced by a plain 4-byte header."""
 
 READ_AHEAD = 64 * 1024
-"""Capacity of the read-ahead buffer: frames that fit are read many per call."""
+"""Frames up to this size (header included) are read ahead, many per read."""
+
+INITIAL_READ_AHEAD = 4096
+"""The read-ahead buffer starts this small and doubles while reads fill it."""
 
 GROWTH_STEP = 1 << 20
 """A large payload's buffer is grown at most max(received, GROWTH_STEP) ahead."""
+
+ReadInto = Callable[[memoryview], int]
 
 
 def encode_header(size: int) -> bytes:
@@ -38,24 +45,27 @@ def encode_header(size: int) -> bytes:
 class FrameDecoder:
     """Incremental frame decoder: bytes in, whole payloads out, limits enforced.
 
-    The I/O layer asks :meth:`get_buffer` where the next bytes should land,
-    reads into it and reports the count with :meth:`buffer_updated` (the
-    contract of asyncio's ``BufferedProtocol``); :meth:`feed` does the same for
-    bytes it already holds. Frames that fit the read-ahead buffer arrive many
-    per read and are sliced out of it. A larger payload is received straight
-    into the ``bytes`` object that :meth:`next_frame` returns (or the caller's
-    buffer, for :meth:`next_frame_into`), grown as bytes actually arrive, so a
-    forged length reserves at most ``GROWTH_STEP`` bytes.
+    Bytes come in three ways: :meth:`fill` calls a blocking ``readinto`` once
+    with the memory the bytes should land in (the sync front end);
+    :meth:`get_buffer` and :meth:`buffer_updated` are the same contract split
+    in two, as asyncio's ``BufferedProtocol`` uses it; :meth:`feed` copies
+    bytes received elsewhere. Frames that fit the read-ahead buffer arrive
+    many per read and are sliced out of it. A larger payload is received
+    straight into the ``bytes`` object that :meth:`next_frame` returns (or the
+    caller's buffer, with ``into``), grown as bytes actually
+    arrive, so a forged length reserves at most ``GROWTH_STEP`` bytes.
     """
 
     def __init__(
         self, max_size: int | None = None, *, read_ahead: int = READ_AHEAD, initial: bytes = b""
     ) -> None:
         self.max_size = max_size
-        self._buf = bytearray(read_ahead)
+        self._read_ahead = read_ahead
+        self._buf = bytearray(min(INITIAL_READ_AHEAD, read_ahead))
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
+        self._grow = False
         # A large frame in progress: its size, bytes received so far, and where
         # they go (a growing BytesIO, or the caller's buffer).
         self._size = 0
@@ -92,19 +102,32 @@ class FrameDecoder:
             self.buffer_updated(n)
             data = data[n:]
 
+    def fill(self, readinto: ReadInto) -> int:
+        """Call ``readinto(buffer)`` once to receive bytes; return its count (0 at EOF)."""
+        if self._size:
+            lease = self._large_buffer()
+            try:
+                received = readinto(lease)
+            finally:
+                lease.release()
+            self._got += received
+            return received
+        if self._start or self._grow or self._end == len(self._buf):
+            self._make_room()
+        received = readinto(self._view[self._end :])
+        self._end += received
+        self._grow = self._end == len(self._buf) and self._end < self._read_ahead
+        return received
+
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Writable memory for the next received bytes; valid until buffer_updated()."""
         self._release_lease()
         if self._size:
-            lease = self._large_buffer()
+            self._lease = self._large_buffer()
         else:
-            if self._start:
-                pending = self._end - self._start
-                self._buf[:pending] = self._view[self._start : self._end]
-                self._start, self._end = 0, pending
-            lease = self._view[self._end :]
-        self._lease = lease
-        return lease
+            self._make_room()
+            self._lease = self._view[self._end :]
+        return self._lease
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that ``nbytes`` bytes were written at the start of the last buffer."""
@@ -117,61 +140,68 @@ class FrameDecoder:
         else:
             self._end += nbytes
 
-    def next_frame(self, maxlength: int | None = None) -> bytes | None:
+    def _make_room(self) -> None:
+        """Free the read-ahead buffer's tail: compact it, and grow it as needed."""
+        if self._start:
+            pending = self._end - self._start
+            self._buf[:pending] = self._view[self._start : self._end]
+            self._start, self._end = 0, pending
+        if self._grow or self._end == len(self._buf):
+            # Reads fill the buffer, or a frame needs more room (feed() may
+            # also overfill it, as it adds bytes without taking frames out).
+            self._grow = False
+            self._view.release()
+            self._buf.extend(bytes(len(self._buf)))
+            self._view = memoryview(self._buf)
+
+    @overload
+    def next_frame(self, maxlength: int | None = None) -> bytes | None: ...
+    @overload
+    def next_frame(self, maxlength: int | None, into: memoryview) -> int | bytes | None: ...
+
+    def next_frame(
+        self, maxlength: int | None = None, into: memoryview | None = None
+    ) -> int | bytes | None:
         """The next whole payload, or None until more bytes arrive.
 
-        A frame longer than ``maxlength`` or ``max_size`` raises
-        :class:`MessageTooLong`; a malformed header raises :class:`FrameError`.
-        The stream cannot be used after either.
+        With ``into`` (a writable byte view) the payload lands there and its
+        size is returned; if it does not fit, the payload itself is returned,
+        so the caller can report it. A frame longer than ``maxlength`` or
+        ``max_size`` raises :class:`MessageTooLong`; a malformed header raises
+        :class:`FrameError`. The stream cannot be used after either.
         """
-        result = self._next(maxlength, None)
-        assert not isinstance(result, int)
-        return result
-
-    def next_frame_into(self, target: memoryview) -> int | bytes | None:
-        """Like next_frame(), but the payload lands in ``target`` (a byte view).
-
-        Returns the payload's size once written to ``target``; if it does not
-        fit, the payload itself, so the caller can report it.
-        """
-        return self._next(None, target)
-
-    def _next(self, maxlength: int | None, target: memoryview | None) -> int | bytes | None:
         if self._size:
             return self._finish_large() if self._got == self._size else None
-        avail = self._end - self._start
+        start = self._start
+        avail = self._end - start
         if avail < 4:
             return None
-        size: int = _SHORT.unpack_from(self._buf, self._start)[0]
-        header = 4
+        size: int = _SHORT.unpack_from(self._buf, start)[0]
+        begin = start + 4
         if size < 0:
             if size != -1:
                 raise FrameError(f"corrupt frame header: negative length {size}")
             if avail < 12:
                 return None
-            size = _LONG.unpack_from(self._buf, self._start + 4)[0]
-            header = 12
-        self._check_size(size, maxlength)
-        begin = self._start + header
-        end = begin + size
-        if end <= self._end:
-            self._start = end
-            if end == self._end:
-                self._start = self._end = 0
-            if target is not None and size <= len(target):
-                target[:size] = self._view[begin:end]
-                return size
-            return bytes(self._view[begin:end])
-        if header + size > len(self._buf):
-            fits = target is not None and size <= len(target)
-            self._begin_large(begin, size, target if fits else None)
-        return None
-
-    def _check_size(self, size: int, maxlength: int | None) -> None:
+            size = _LONG.unpack_from(self._buf, begin)[0]
+            begin += 8
         if maxlength is not None and size > maxlength:
             raise MessageTooLong(size, maxlength)
         if self.max_size is not None and size > self.max_size:
             raise MessageTooLong(size, self.max_size)
+        end = begin + size
+        if end <= self._end:
+            if end == self._end:
+                self._start = self._end = 0
+            else:
+                self._start = end
+            if into is not None and size <= len(into):
+                into[:size] = self._view[begin:end]
+                return size
+            return bytes(self._view[begin:end])
+        if end - start > self._read_ahead:
+            self._begin_large(begin, size, into if into is not None and size <= len(into) else None)
+        return None
 
     def _begin_large(self, begin: int, size: int, target: memoryview | None) -> None:
         body = self._view[begin : self._end]

@@ -8,6 +8,7 @@ header and payload leave in one system call.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import select
@@ -17,7 +18,8 @@ from typing import Any, Self, SupportsIndex
 
 from .. import serialize
 from ..exceptions import BufferTooShort, FrameError
-from ..protocol.frames import FrameDecoder, encode_header
+from ..protocol.frames import FrameDecoder, ReadInto, encode_header
+from ..serialize import loads
 
 __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
 
@@ -47,7 +49,7 @@ class Connection:
         self._readable = readable
         self._writable = writable
         self._decoder = FrameDecoder()
-        self._poller: Any = None
+        self._readinto: ReadInto | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"fd={self._handle}"
@@ -94,7 +96,7 @@ class Connection:
             self._close()
 
     def _close(self) -> None:
-        handle, self._handle, self._poller = self._handle, None, None
+        handle, self._handle, self._readinto = self._handle, None, None
         if handle is not None:
             os.close(handle)
 
@@ -109,6 +111,11 @@ class Connection:
             raise OSError("connection is write-only")
         return fd
 
+    def _reader(self) -> ReadInto:
+        """The receive path's readinto, made on first use of an open, readable fd."""
+        self._readinto = io.FileIO(self._readable_fd(), "rb", closefd=False).readinto
+        return self._readinto
+
     def _writable_fd(self) -> int:
         fd = self._fd()
         if not self._writable:
@@ -120,6 +127,9 @@ class Connection:
     def send_bytes(self, buf: _Buffer, offset: int = 0, size: int | None = None) -> None:
         """Send the bytes of a bytes-like object as one message."""
         fd = self._writable_fd()
+        if type(buf) is bytes and not offset and size is None:
+            self._send_frame(fd, buf)
+            return
         m = memoryview(buf)
         if m.itemsize != 1 or m.ndim != 1:
             m = m.cast("B")
@@ -142,7 +152,7 @@ class Connection:
         with serialize.dumps(obj) as payload:
             self._send_frame(fd, payload)
 
-    def _send_frame(self, fd: int, payload: memoryview) -> None:
+    def _send_frame(self, fd: int, payload: bytes | memoryview) -> None:
         size = len(payload)
         if size <= _CONCAT_LIMIT:
             data = encode_header(size) + payload
@@ -160,14 +170,15 @@ class Connection:
         A message longer than ``maxlength`` closes the connection and raises
         OSError (a :class:`~mpwire.exceptions.MessageTooLong`).
         """
-        fd = self._readable_fd()
+        readinto = self._readinto or self._reader()
         if maxlength is not None and maxlength < 0:
             raise ValueError("negative maxlength")
         decoder = self._decoder
         try:
             frame = decoder.next_frame(maxlength)
             while frame is None:
-                self._fill(fd)
+                if not decoder.fill(readinto):
+                    raise decoder.eof_error()
                 frame = decoder.next_frame(maxlength)
         except FrameError:
             self.close()
@@ -176,7 +187,7 @@ class Connection:
 
     def recv(self) -> Any:
         """Receive a (pickled) object."""
-        return serialize.loads(self.recv_bytes())
+        return loads(self.recv_bytes())
 
     def recv_bytes_into(self, buf: _Buffer, offset: int = 0) -> int:
         """Receive one message into a writable buffer at byte ``offset``.
@@ -184,7 +195,7 @@ class Connection:
         Returns the message's size. If it does not fit, raises BufferTooShort
         with the whole message as ``args[0]``.
         """
-        fd = self._readable_fd()
+        readinto = self._readinto or self._reader()
         with memoryview(buf) as m:
             if offset < 0:
                 raise ValueError("negative offset")
@@ -193,23 +204,17 @@ class Connection:
             with m.cast("B") as flat, flat[offset:] as target:
                 decoder = self._decoder
                 try:
-                    result = decoder.next_frame_into(target)
+                    result = decoder.next_frame(None, target)
                     while result is None:
-                        self._fill(fd)
-                        result = decoder.next_frame_into(target)
+                        if not decoder.fill(readinto):
+                            raise decoder.eof_error()
+                        result = decoder.next_frame(None, target)
                 except FrameError:
                     self.close()
                     raise
         if isinstance(result, bytes):
             raise BufferTooShort(result)
         return result
-
-    def _fill(self, fd: int) -> None:
-        decoder = self._decoder
-        received = os.readv(fd, [decoder.get_buffer()])
-        decoder.buffer_updated(received)
-        if not received:
-            raise decoder.eof_error()
 
     # -- readiness -------------------------------------------------------
 
@@ -218,11 +223,9 @@ class Connection:
         fd = self._readable_fd()
         if self._decoder.pending:
             return True
-        if self._poller is None:
-            self._poller = select.poll()
-            self._poller.register(fd, select.POLLIN)
-        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
-        return bool(self._poller.poll(ms))
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
 
     def _has_buffered(self) -> bool:
         """Whether a read-ahead holds bytes that the fd no longer shows."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import selectors
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .connection import Connection
@@ -11,7 +12,7 @@ from .connection import Connection
 __all__ = ["wait"]
 
 
-def wait(object_list: list[Any], timeout: float | None = None) -> list[Any]:
+def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
     """Wait until an object in ``object_list`` is ready; return the ready ones.
 
     Objects are mpwire or stdlib Connections, sockets, objects with fileno(),
@@ -19,6 +20,7 @@ def wait(object_list: list[Any], timeout: float | None = None) -> list[Any]:
     negative one means zero. An mpwire Connection holding read-ahead data is
     ready even when its fd is not.
     """
+    object_list = list(object_list)
     buffered = [obj for obj in object_list if isinstance(obj, Connection) and obj._has_buffered()]
     if buffered:
         timeout = 0

@@ -1,0 +1,72 @@
+"""Command line: ``python -m benchmarks [--quick] [--rounds N] [--only S] [--json FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .report import format_table
+from .runner import run
+from .scenarios import SCENARIOS
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Compare mpwire.connection with multiprocessing.connection.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="2 rounds and smaller counts (under a minute)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds per scenario (default 5, quick 2)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="SUBSTRING",
+        help="run only scenarios whose name contains SUBSTRING (repeatable)",
+    )
+    parser.add_argument("--json", metavar="FILE", help="write raw samples, medians and ratios")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds allowed per process pair"
+    )
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    return parser
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks and print the table; 1 if any measurement failed."""
+    args = _parser().parse_args(argv)
+    if args.list:
+        for scenario in SCENARIOS:
+            print(f"{scenario.name:34} {scenario.description}")
+        return 0
+    if args.rounds is not None and args.rounds < 1:
+        print("--rounds must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        results = run(
+            scenarios=args.only,
+            rounds=args.rounds,
+            quick=args.quick,
+            progress=None if args.quiet else _progress,
+            timeout=args.timeout,
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+            f.write("\n")
+    print(format_table(results))
+    return 1 if any(entry["errors"] for entry in results["scenarios"]) else 0

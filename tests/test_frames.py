@@ -1,0 +1,174 @@
+"""The sans-I/O frame encoder and incremental decoder."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpwire.exceptions import FrameError, MessageTooLong
+from mpwire.protocol.frames import LARGEST_SHORT, FrameDecoder, encode_header
+
+payloads = st.lists(st.binary(max_size=300), max_size=12)
+
+
+def encode(messages: list[bytes]) -> bytes:
+    return b"".join(encode_header(len(m)) + m for m in messages)
+
+
+def drain(decoder: FrameDecoder) -> list[bytes]:
+    out = []
+    while (frame := decoder.next_frame()) is not None:
+        out.append(frame)
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+@settings(max_examples=300)
+@given(payloads, st.lists(st.integers(min_value=0), max_size=20), st.sampled_from([16, 64, 4096]))
+def test_any_split_of_any_stream_decodes_to_the_same_messages(
+    messages: list[bytes], cuts: list[int], read_ahead: int
+) -> None:
+    # A small read-ahead buffer sends many of these payloads down the large-frame path.
+    decoder = FrameDecoder(read_ahead=read_ahead)
+    received = []
+    for chunk in split(encode(messages), cuts):
+        decoder.feed(chunk)
+        received += drain(decoder)
+    assert received == messages
+    assert not decoder.pending
+    assert isinstance(decoder.eof_error(), EOFError)
+
+
+@settings(max_examples=200)
+@given(payloads, st.lists(st.integers(min_value=1, max_value=50), min_size=1))
+def test_partial_reads_into_the_leased_buffer(messages: list[bytes], sizes: list[int]) -> None:
+    """Drive the decoder as the sync layer does: read n bytes into get_buffer()."""
+    data = memoryview(encode(messages))
+    decoder = FrameDecoder(read_ahead=32)
+    received: list[bytes] = []
+    i = 0
+    while data:
+        buf = decoder.get_buffer()
+        n = min(len(buf), len(data), sizes[i % len(sizes)])
+        buf[:n] = data[:n]
+        decoder.buffer_updated(n)
+        data = data[n:]
+        i += 1
+        received += drain(decoder)
+    assert received == messages
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=200), st.integers(min_value=0, max_value=220), st.sampled_from([8, 512]))
+def test_next_frame_into_fills_the_target_or_returns_the_message(
+    message: bytes, room: int, read_ahead: int
+) -> None:
+    decoder = FrameDecoder(read_ahead=read_ahead)
+    target = bytearray(room)
+    decoder.feed(encode([message, b"after"]))
+    result = decoder.next_frame(None, memoryview(target))
+    if len(message) <= room:
+        assert result == len(message)
+        assert target[: len(message)] == message
+    else:
+        assert result == message
+    assert decoder.next_frame() == b"after"
+
+
+def test_header_forms() -> None:
+    assert encode_header(0) == b"\0\0\0\0"
+    assert encode_header(LARGEST_SHORT) == struct.pack("!i", LARGEST_SHORT)
+    assert encode_header(LARGEST_SHORT + 1) == struct.pack("!iQ", -1, LARGEST_SHORT + 1)
+    assert encode_header(2**62) == struct.pack("!iQ", -1, 2**62)
+
+
+def test_long_form_header_with_a_small_payload_is_accepted() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack("!iQ", -1, 3) + b"abc")
+    assert decoder.next_frame() == b"abc"
+
+
+@pytest.mark.parametrize("size", [LARGEST_SHORT, 2**62])
+def test_forged_length_reserves_little_memory(size: int) -> None:
+    decoder = FrameDecoder()
+    tracemalloc.start()
+    try:
+        decoder.feed(encode_header(size) + b"x" * 100_000)
+        assert decoder.next_frame() is None
+        decoder.get_buffer()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert decoder.pending
+    assert peak < 4 * 2**20
+    assert isinstance(decoder.eof_error(), OSError)
+
+
+@pytest.mark.parametrize("size", [LARGEST_SHORT, 2**62])
+def test_limits_refuse_a_forged_length_before_any_payload(size: int) -> None:
+    decoder = FrameDecoder(max_size=1024)
+    decoder.feed(encode_header(size))
+    with pytest.raises(MessageTooLong) as info:
+        decoder.next_frame()
+    assert (info.value.size, info.value.limit) == (size, 1024)
+    decoder = FrameDecoder()
+    decoder.feed(encode_header(size))
+    with pytest.raises(MessageTooLong, match="limit is 256"):
+        decoder.next_frame(maxlength=256)
+
+
+def test_negative_length_is_a_frame_error() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack("!i", -2))
+    with pytest.raises(FrameError, match="negative length"):
+        decoder.next_frame()
+
+
+def test_large_payload_grows_with_what_arrives() -> None:
+    payload = bytes(range(256)) * 20_000
+    decoder = FrameDecoder(read_ahead=1024)
+    decoder.feed(encode_header(len(payload)) + payload[:100])
+    assert decoder.next_frame() is None
+    first = decoder.get_buffer()
+    assert len(first) < 2**21
+    decoder.buffer_updated(0)
+    decoder.feed(payload[100:])
+    assert decoder.next_frame() == payload
+
+
+def test_pending_bytes_hand_over_the_stream() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode([b"one", b"two"]) + b"\0\0")
+    assert decoder.next_frame() == b"one"
+    other = FrameDecoder(initial=decoder.pending_bytes())
+    other.feed(b"\0\1z")
+    assert drain(other) == [b"two", b"z"]
+
+
+def test_buffer_updated_needs_a_lease() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ValueError):
+        decoder.buffer_updated(1)
+    buf = decoder.get_buffer()
+    with pytest.raises(ValueError):
+        decoder.buffer_updated(len(buf) + 1)
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=400), st.one_of(st.none(), st.integers(min_value=0, max_value=64)))
+def test_arbitrary_bytes_give_frames_or_documented_errors(data: bytes, limit: int | None) -> None:
+    decoder = FrameDecoder(max_size=limit, read_ahead=64)
+    try:
+        decoder.feed(data)
+        drain(decoder)
+    except FrameError:
+        pass

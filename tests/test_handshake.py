@@ -1,0 +1,135 @@
+"""The sans-I/O authkey handshake: both roles, both digest styles, hostile input."""
+
+from __future__ import annotations
+
+import hmac
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpwire.exceptions import AuthenticationError
+from mpwire.protocol.handshake import (
+    CHALLENGE,
+    FAILURE,
+    WELCOME,
+    Handshake,
+    Role,
+    create_response,
+    verify_response,
+)
+
+
+def converse(a: Handshake, b: Handshake) -> None:
+    """Exchange messages until neither side has anything more to say."""
+    while True:
+        moved = False
+        for sender, receiver in ((a, b), (b, a)):
+            for message in sender.messages_to_send():
+                moved = True
+                if not receiver.done and receiver.error is None:
+                    receiver.receive(message)
+        if not moved:
+            return
+
+
+@pytest.mark.parametrize("digest", ["sha256", "sha384", "md5", "sha3_256"])
+def test_listener_and_client_agree(digest: str) -> None:
+    listener = Handshake(b"key", Role.LISTENER, digest=digest)
+    client = Handshake(b"key", Role.CLIENT, digest=digest)
+    converse(listener, client)
+    assert listener.done and client.done
+    listener.raise_for_failure()
+    client.raise_for_failure()
+
+
+def test_wrong_key_fails_both_sides() -> None:
+    listener = Handshake(b"key", Role.LISTENER)
+    client = Handshake(b"other", Role.CLIENT)
+    converse(listener, client)
+    with pytest.raises(AuthenticationError, match="digest received was wrong"):
+        listener.raise_for_failure()
+    with pytest.raises(AuthenticationError, match="digest sent was rejected"):
+        client.raise_for_failure()
+
+
+def test_modern_challenge_prefixes_the_digest() -> None:
+    challenger = Handshake(b"k", Role.CHALLENGER, urandom=lambda n: b"r" * n)
+    (message,) = challenger.messages_to_send()
+    assert message == CHALLENGE + b"{sha256}" + b"r" * 40
+
+
+def test_modern_challenger_accepts_a_legacy_md5_answer() -> None:
+    """A CPython <= 3.11 client answers the whole prefixed message with raw HMAC-MD5."""
+    challenger = Handshake(b"k", Role.CHALLENGER)
+    (message,) = challenger.messages_to_send()
+    challenger.receive(hmac.new(b"k", message[len(CHALLENGE) :], "md5").digest())
+    assert challenger.messages_to_send() == [WELCOME]
+    assert challenger.done
+
+
+def test_answerer_replies_to_a_legacy_challenge_in_kind() -> None:
+    nonce = os.urandom(20)
+    answerer = Handshake(b"k", Role.ANSWERER)
+    answerer.receive(CHALLENGE + nonce)
+    assert answerer.messages_to_send() == [hmac.new(b"k", nonce, "md5").digest()]
+    answerer.receive(WELCOME)
+    assert answerer.done
+
+
+def test_failed_check_queues_failure_for_the_peer() -> None:
+    challenger = Handshake(b"k", Role.CHALLENGER)
+    challenger.messages_to_send()
+    challenger.receive(b"{sha256}" + b"\0" * 32)
+    assert challenger.messages_to_send() == [FAILURE]
+    with pytest.raises(AuthenticationError):
+        challenger.raise_for_failure()
+    with pytest.raises(AuthenticationError, match="already finished"):
+        challenger.receive(b"more")
+
+
+def test_answerer_refuses_what_is_not_a_challenge() -> None:
+    answerer = Handshake(b"k", Role.ANSWERER)
+    answerer.receive(b"hello")
+    with pytest.raises(AuthenticationError, match="expected challenge"):
+        answerer.raise_for_failure()
+    short = Handshake(b"k", Role.ANSWERER)
+    short.receive(CHALLENGE + b"x" * 5)
+    with pytest.raises(AuthenticationError, match="too short"):
+        short.raise_for_failure()
+
+
+def test_response_helpers_match_the_stdlib_contract() -> None:
+    for prefix in (b"", b"{md5}", b"{sha256}"):
+        message = prefix + b"is-twenty-bytes-long"
+        response = create_response(b"key", message)
+        assert response.startswith(prefix)
+        verify_response(b"key", message, response)
+    with pytest.raises(AuthenticationError, match="unsupported"):
+        verify_response(b"key", b"m" * 20, b"{nope}" + b"x" * 40)
+    with pytest.raises(AuthenticationError, match="length"):
+        verify_response(b"key", b"m" * 20, b"{sha256}short")
+
+
+def test_authkey_must_be_bytes_and_digest_known() -> None:
+    with pytest.raises(ValueError, match="Authkey must be bytes"):
+        Handshake("key", Role.CLIENT)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unsupported digest"):
+        Handshake(b"key", Role.CLIENT, digest="crc32")
+
+
+@settings(max_examples=500)
+@given(st.sampled_from(list(Role)), st.lists(st.binary(max_size=300), max_size=4))
+def test_arbitrary_messages_only_fail_with_authentication_error(
+    role: Role, messages: list[bytes]
+) -> None:
+    handshake = Handshake(b"key", role)
+    for message in messages:
+        handshake.messages_to_send()
+        try:
+            handshake.receive(message)
+        except AuthenticationError:
+            assert handshake.done or handshake.error is not None
+            return
+    assert handshake.done or handshake.error is not None or len(messages) < 3
