@@ -33,7 +33,9 @@ from hypothesis import strategies as st
 import mpwire
 from mpwire import connection as mpconnection
 
-pytestmark = pytest.mark.timeout(60)  # a hang fails fast (each test takes well under a second)
+# A hang fails fast (each test takes well under a second). The thread method, because
+# Hypothesis re-runs a failing example while shrinking it and would outlast a signal.
+pytestmark = pytest.mark.timeout(60, method="thread")
 
 KEY = b"the right key"
 MiB = 1 << 20

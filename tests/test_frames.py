@@ -13,6 +13,11 @@ from hypothesis import strategies as st
 from mpwire.exceptions import FrameError, MessageTooLong
 from mpwire.protocol.frames import LARGEST_SHORT, FrameDecoder, encode_header
 
+# Hypothesis re-runs a failing example while shrinking it, so a hang would outlast a
+# signal-based timeout; the thread method ends the run instead.
+pytestmark = pytest.mark.timeout(120, method="thread")
+
+
 payloads = st.lists(st.binary(max_size=300), max_size=12)
 
 
@@ -143,6 +148,13 @@ def test_large_payload_grows_with_what_arrives() -> None:
     decoder.buffer_updated(0)
     decoder.feed(payload[100:])
     assert decoder.next_frame() == payload
+
+
+def test_feed_past_a_complete_large_frame() -> None:
+    """Bytes after a large frame that has not been taken yet wait in the read-ahead."""
+    decoder = FrameDecoder(read_ahead=16)
+    decoder.feed(encode([b"L" * 100, b"small", b"M" * 50]))
+    assert drain(decoder) == [b"L" * 100, b"small", b"M" * 50]
 
 
 def test_pending_bytes_hand_over_the_stream() -> None:

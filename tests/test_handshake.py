@@ -20,6 +20,10 @@ from mpwire.protocol.handshake import (
     verify_response,
 )
 
+# Hypothesis re-runs a failing example while shrinking it, so a hang would outlast a
+# signal-based timeout; the thread method ends the run instead.
+pytestmark = pytest.mark.timeout(120, method="thread")
+
 
 def converse(a: Handshake, b: Handshake) -> None:
     """Exchange messages until neither side has anything more to say."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable
-from typing import overload
+from typing import Literal, NamedTuple, overload
 
 from ..exceptions import FrameError, MessageTooLong
 
-__all__ = ["LARGEST_SHORT", "FrameDecoder", "encode_header"]
+__all__ = ["LARGEST_SHORT", "FrameDecoder", "LargeFrame", "PayloadReader", "encode_header"]
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -40,6 +40,13 @@ def encode_header(size: int) -> bytes:
     if size <= LARGEST_SHORT:
         return _SHORT.pack(size)
     return _LONG_MARK + _LONG.pack(size)
+
+
+class LargeFrame(NamedTuple):
+    """A frame whose payload the caller reads itself: the bytes already received, the size."""
+
+    prefix: bytes
+    size: int
 
 
 class FrameDecoder:
@@ -104,7 +111,7 @@ class FrameDecoder:
 
     def fill(self, readinto: ReadInto) -> int:
         """Call ``readinto(buffer)`` once to receive bytes; return its count (0 at EOF)."""
-        if self._size:
+        if self._got < self._size:
             lease = self._large_buffer()
             try:
                 received = readinto(lease)
@@ -122,7 +129,7 @@ class FrameDecoder:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Writable memory for the next received bytes; valid until buffer_updated()."""
         self._release_lease()
-        if self._size:
+        if self._got < self._size:
             self._lease = self._large_buffer()
         else:
             self._make_room()
@@ -135,7 +142,7 @@ class FrameDecoder:
         if lease is None or not 0 <= nbytes <= len(lease):
             raise ValueError("buffer_updated() without a matching get_buffer()")
         self._release_lease()
-        if self._size:
+        if self._got < self._size:
             self._got += nbytes
         else:
             self._end += nbytes
@@ -158,15 +165,22 @@ class FrameDecoder:
     def next_frame(self, maxlength: int | None = None) -> bytes | None: ...
     @overload
     def next_frame(self, maxlength: int | None, into: memoryview) -> int | bytes | None: ...
+    @overload
+    def next_frame(
+        self, maxlength: int | None, into: None, stream: Literal[True]
+    ) -> bytes | LargeFrame | None: ...
 
     def next_frame(
-        self, maxlength: int | None = None, into: memoryview | None = None
-    ) -> int | bytes | None:
+        self, maxlength: int | None = None, into: memoryview | None = None, stream: bool = False
+    ) -> int | bytes | LargeFrame | None:
         """The next whole payload, or None until more bytes arrive.
 
         With ``into`` (a writable byte view) the payload lands there and its
         size is returned; if it does not fit, the payload itself is returned,
-        so the caller can report it. A frame longer than ``maxlength`` or
+        so the caller can report it. With ``stream``, a payload too large to
+        read ahead is not received here: its header is taken and a
+        :class:`LargeFrame` returned, for the caller to read with a
+        :class:`PayloadReader`. A frame longer than ``maxlength`` or
         ``max_size`` raises :class:`MessageTooLong`; a malformed header raises
         :class:`FrameError`. The stream cannot be used after either.
         """
@@ -200,6 +214,10 @@ class FrameDecoder:
                 return size
             return bytes(self._view[begin:end])
         if end - start > self._read_ahead:
+            if stream:
+                prefix = bytes(self._view[begin : self._end])
+                self._start = self._end = 0
+                return LargeFrame(prefix, size)
             self._begin_large(begin, size, into if into is not None and size <= len(into) else None)
         return None
 
@@ -241,3 +259,61 @@ class FrameDecoder:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+
+class PayloadReader:
+    """A large frame's payload as a binary file, read as it arrives.
+
+    ``pickle.Unpickler`` reads large buffers (bytes, bytearrays, arrays) with
+    ``readinto()`` straight into the object it builds, so unpickling from
+    this reader copies each byte once instead of receiving the whole pickle
+    first. Reads never allocate more than ``GROWTH_STEP`` ahead of the bytes
+    received, whatever sizes the pickle asks for.
+    """
+
+    def __init__(self, frame: LargeFrame, readinto: ReadInto) -> None:
+        self._prefix = memoryview(frame.prefix)
+        self._left = frame.size
+        self._readinto = readinto
+
+    def readinto(self, buf: memoryview | bytearray) -> int:
+        """Fill ``buf`` from the payload; fewer bytes only at the payload's end."""
+        with memoryview(buf) as view, view.cast("B") as out:
+            want = min(len(out), self._left)
+            done = 0
+            while done < want:
+                if self._prefix:
+                    n = min(want - done, len(self._prefix))
+                    out[done : done + n] = self._prefix[:n]
+                    self._prefix = self._prefix[n:]
+                else:
+                    n = self._readinto(out[done:want])
+                    if not n:
+                        raise OSError("got end of file during message")
+                done += n
+                self._left -= n
+        return done
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the payload (all that is left if negative)."""
+        size = self._left if size < 0 else min(size, self._left)
+        out = io.BytesIO()
+        while out.tell() < size:
+            chunk = bytearray(min(size - out.tell(), GROWTH_STEP))
+            out.write(chunk[: self.readinto(chunk)])
+        return out.getvalue()
+
+    def readline(self) -> bytes:
+        """One line of the payload (protocol 0 pickles read text lines)."""
+        line = bytearray()
+        byte = bytearray(1)
+        while self._left and not line.endswith(b"\n"):
+            self.readinto(byte)
+            line += byte
+        return bytes(line)
+
+    def skip_rest(self) -> None:
+        """Read and drop what is left, so the next frame starts where it should."""
+        scratch = bytearray(min(self._left, GROWTH_STEP))
+        while self._left:
+            self.readinto(memoryview(scratch)[: min(self._left, len(scratch))])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import pickle
 import select
 from multiprocessing import reduction
 from types import TracebackType
@@ -18,7 +19,7 @@ from typing import Any, Self, SupportsIndex
 
 from .. import serialize
 from ..exceptions import BufferTooShort, FrameError
-from ..protocol.frames import FrameDecoder, ReadInto, encode_header
+from ..protocol.frames import FrameDecoder, LargeFrame, PayloadReader, ReadInto, encode_header
 from ..serialize import loads
 
 __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
@@ -186,8 +187,29 @@ class Connection:
         return frame
 
     def recv(self) -> Any:
-        """Receive a (pickled) object."""
-        return loads(self.recv_bytes())
+        """Receive a (pickled) object.
+
+        A large message is unpickled as it arrives, so large buffers inside it
+        are received straight into the objects they become.
+        """
+        readinto = self._readinto or self._reader()
+        decoder = self._decoder
+        try:
+            frame = decoder.next_frame(None, None, True)
+            while frame is None:
+                if not decoder.fill(readinto):
+                    raise decoder.eof_error()
+                frame = decoder.next_frame(None, None, True)
+        except FrameError:
+            self.close()
+            raise
+        if not isinstance(frame, LargeFrame):
+            return loads(frame)
+        payload = PayloadReader(frame, readinto)
+        try:
+            return pickle.Unpickler(payload).load()
+        finally:
+            payload.skip_rest()
 
     def recv_bytes_into(self, buf: _Buffer, offset: int = 0) -> int:
         """Receive one message into a writable buffer at byte ``offset``.

@@ -1,0 +1,106 @@
+"""Large pickled messages, which recv() unpickles as they arrive."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+import mpwire
+from mpwire.protocol.frames import encode_header
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def exchange(obj: Any) -> Any:
+    a, b = mpwire.Pipe()
+    with a, b:
+        sender = threading.Thread(target=a.send, args=(obj,))
+        sender.start()
+        try:
+            return b.recv()
+        finally:
+            sender.join(30)
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        np.arange(3_000_000, dtype=np.float64),
+        np.arange(600_000, dtype=np.int32).reshape(600, 1000).T,  # Fortran order
+        np.arange(2_000_000, dtype=np.uint8)[::3],  # non-contiguous
+        b"\x01" * 5_000_000,
+        bytearray(b"\x02" * 300_000),
+        [np.ones(70_000), "text", {"k": b"v" * 100_000}, np.zeros((0, 4))],
+        list(range(200_000)),
+    ],
+    ids=["float64", "fortran", "strided", "bytes", "bytearray", "mixed", "many-small"],
+)
+def test_large_objects_round_trip(obj: Any) -> None:
+    got = exchange(obj)
+    if isinstance(obj, np.ndarray):
+        np.testing.assert_array_equal(got, obj)
+        assert got.dtype == obj.dtype
+        assert got.flags.writeable
+    elif isinstance(obj, list) and isinstance(obj[0], np.ndarray):
+        np.testing.assert_array_equal(got[0], obj[0])
+        assert got[1:3] == obj[1:3]
+        assert got[3].shape == (0, 4)
+    else:
+        assert got == obj
+
+
+def test_old_protocols_from_stdlib_senders_are_read() -> None:
+    a, b = mpwire.Pipe()
+    with a, b:
+        for protocol in range(6):
+            payload = pickle.dumps({"n": list(range(30_000)), "s": "x" * 70_000}, protocol)
+            sender = threading.Thread(target=a.send_bytes, args=(payload,))
+            sender.start()
+            assert b.recv() == pickle.loads(payload)
+            sender.join(10)
+
+
+def test_bad_large_pickle_raises_and_keeps_the_stream_in_step() -> None:
+    a, b = mpwire.Pipe()
+    with a, b:
+        garbage = b"\x80\x05not a pickle" + os.urandom(200_000)
+        sender = threading.Thread(target=lambda: (a.send_bytes(garbage), a.send("next")))
+        sender.start()
+        with pytest.raises(pickle.UnpicklingError):
+            b.recv()
+        assert b.recv() == "next"
+        sender.join(10)
+
+
+def test_trailing_bytes_after_the_pickle_are_skipped() -> None:
+    a, b = mpwire.Pipe()
+    with a, b:
+        payload = pickle.dumps(b"x" * 100_000, 5) + b"\0" * 50_000
+        sender = threading.Thread(target=lambda: (a.send_bytes(payload), a.send("next")))
+        sender.start()
+        assert b.recv() == b"x" * 100_000
+        assert b.recv() == "next"
+        sender.join(10)
+
+
+def test_peer_closing_mid_pickle_is_an_error_not_a_hang() -> None:
+    a, b = mpwire.Pipe()
+    with b:
+        body = pickle.dumps(np.ones(100_000), 5)
+
+        def write_half_and_close() -> None:
+            with a:
+                data = memoryview(encode_header(len(body)) + body[: len(body) // 2])
+                while data:
+                    data = data[os.write(a.fileno(), data) :]
+
+        writer = threading.Thread(target=write_half_and_close)
+        writer.start()
+        with pytest.raises(OSError, match="end of file during message"):
+            b.recv()
+        writer.join(10)
