@@ -169,6 +169,10 @@ class FrameDecoder:
     def next_frame(
         self, maxlength: int | None, into: None, stream: Literal[True]
     ) -> bytes | LargeFrame | None: ...
+    @overload
+    def next_frame(
+        self, maxlength: int | None, into: memoryview | None, stream: bool
+    ) -> int | bytes | LargeFrame | None: ...
 
     def next_frame(
         self, maxlength: int | None = None, into: memoryview | None = None, stream: bool = False

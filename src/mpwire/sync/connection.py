@@ -171,19 +171,11 @@ class Connection:
         A message longer than ``maxlength`` closes the connection and raises
         OSError (a :class:`~mpwire.exceptions.MessageTooLong`).
         """
-        readinto = self._readinto or self._reader()
         if maxlength is not None and maxlength < 0:
+            self._readable_fd()
             raise ValueError("negative maxlength")
-        decoder = self._decoder
-        try:
-            frame = decoder.next_frame(maxlength)
-            while frame is None:
-                if not decoder.fill(readinto):
-                    raise decoder.eof_error()
-                frame = decoder.next_frame(maxlength)
-        except FrameError:
-            self.close()
-            raise
+        frame = self._receive(maxlength, None, False)
+        assert isinstance(frame, bytes)
         return frame
 
     def recv(self) -> Any:
@@ -192,20 +184,11 @@ class Connection:
         A large message is unpickled as it arrives, so large buffers inside it
         are received straight into the objects they become.
         """
-        readinto = self._readinto or self._reader()
-        decoder = self._decoder
-        try:
-            frame = decoder.next_frame(None, None, True)
-            while frame is None:
-                if not decoder.fill(readinto):
-                    raise decoder.eof_error()
-                frame = decoder.next_frame(None, None, True)
-        except FrameError:
-            self.close()
-            raise
-        if not isinstance(frame, LargeFrame):
+        frame = self._receive(None, None, True)
+        if isinstance(frame, bytes):
             return loads(frame)
-        payload = PayloadReader(frame, readinto)
+        assert isinstance(frame, LargeFrame) and self._readinto is not None
+        payload = PayloadReader(frame, self._readinto)
         try:
             return pickle.Unpickler(payload).load()
         finally:
@@ -217,26 +200,34 @@ class Connection:
         Returns the message's size. If it does not fit, raises BufferTooShort
         with the whole message as ``args[0]``.
         """
-        readinto = self._readinto or self._reader()
+        self._readable_fd()
         with memoryview(buf) as m:
             if offset < 0:
                 raise ValueError("negative offset")
             if offset > m.nbytes:
                 raise ValueError("offset too large")
             with m.cast("B") as flat, flat[offset:] as target:
-                decoder = self._decoder
-                try:
-                    result = decoder.next_frame(None, target)
-                    while result is None:
-                        if not decoder.fill(readinto):
-                            raise decoder.eof_error()
-                        result = decoder.next_frame(None, target)
-                except FrameError:
-                    self.close()
-                    raise
-        if isinstance(result, bytes):
-            raise BufferTooShort(result)
-        return result
+                result = self._receive(None, target, False)
+        if isinstance(result, int):
+            return result
+        raise BufferTooShort(result)
+
+    def _receive(
+        self, maxlength: int | None, into: memoryview | None, stream: bool
+    ) -> int | bytes | LargeFrame:
+        """Read until the decoder has the next frame (see FrameDecoder.next_frame)."""
+        readinto = self._readinto or self._reader()
+        decoder = self._decoder
+        try:
+            frame = decoder.next_frame(maxlength, into, stream)
+            while frame is None:
+                if not decoder.fill(readinto):
+                    raise decoder.eof_error()
+                frame = decoder.next_frame(maxlength, into, stream)
+        except FrameError:
+            self.close()
+            raise
+        return frame
 
     # -- readiness -------------------------------------------------------
 
