@@ -75,8 +75,8 @@ def create_response(authkey: bytes, message: bytes) -> bytes:
     """The answer to a challenge ``message``: its HMAC in the style it asks for."""
     digest = split_digest(message)[0]
     if not digest:
-        return hmac.new(authkey, message, "md5").digest()
-    mac = hmac.new(authkey, message, digest).digest()
+        return hmac.digest(authkey, message, "md5")
+    mac = hmac.digest(authkey, message, digest)
     return b"{%s}%s" % (digest.encode("ascii"), mac)
 
 
@@ -89,7 +89,7 @@ def verify_response(authkey: bytes, message: bytes, response: bytes) -> None:
     digest, mac = split_digest(response)
     digest = digest or "md5"
     try:
-        expected = hmac.new(authkey, message, digest).digest()
+        expected = hmac.digest(authkey, message, digest)
     except ValueError:
         raise AuthenticationError(f"digest {digest!r} unsupported") from None
     if len(expected) != len(mac):

@@ -32,7 +32,6 @@ def _check_authkey(authkey: object) -> None:
 def _authenticated(sock: socket.socket, authkey: bytes | None, role: Role) -> Connection:
     """Wrap a connected socket in a Connection and, with a key, authenticate it."""
     set_nodelay(sock)
-    sock.setblocking(True)
     conn = Connection(sock.detach())
     if authkey is not None:
         try:
@@ -109,6 +108,9 @@ class Listener:
         if self._socket is None:
             raise OSError("listener is closed")
         sock, self._last_accepted = self._socket.accept()
+        # Under a default timeout (socket.setdefaulttimeout) the accepted
+        # socket's fd is non-blocking, and the Connection reads it directly.
+        sock.setblocking(True)
         return _authenticated(sock, self._authkey, Role.LISTENER)
 
     def close(self) -> None:
