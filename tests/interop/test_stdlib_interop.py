@@ -22,6 +22,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import re
 import select
 import socket
 import subprocess
@@ -251,9 +252,11 @@ def message_shape(message: bytes) -> str:
         return message.strip(b"#").decode()
     kind = "challenge" if message.startswith(b"#CHALLENGE#") else "response"
     body = message.removeprefix(b"#CHALLENGE#")
-    if body.startswith(b"{") and b"}" in body:
-        digest, _, payload = body[1:].partition(b"}")
-        return f"{kind}{{{digest.decode()}}}+{len(payload)}"
+    # A raw 16-byte MD5 digest may happen to look like b"{...}...": the legacy
+    # lengths decide first, as in the protocol itself.
+    prefixed = re.fullmatch(rb"\{([a-z0-9_]+)\}(.*)", body, re.DOTALL)
+    if prefixed and len(body) not in (16, 20):
+        return f"{kind}{{{prefixed[1].decode()}}}+{len(prefixed[2])}"
     return f"{kind}+{len(body)}"
 
 
