@@ -14,7 +14,14 @@ from typing import Literal, NamedTuple, overload
 
 from ..exceptions import FrameError, MessageTooLong
 
-__all__ = ["LARGEST_SHORT", "FrameDecoder", "LargeFrame", "PayloadReader", "encode_header"]
+__all__ = [
+    "LARGEST_SHORT",
+    "FrameDecoder",
+    "LargeFrame",
+    "PayloadReader",
+    "encode_header",
+    "encode_short_header",
+]
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -35,10 +42,14 @@ GROWTH_STEP = 1 << 20
 ReadInto = Callable[[memoryview], int]
 
 
+encode_short_header = _SHORT.pack
+"""The header of a payload of at most LARGEST_SHORT bytes (encode_header's fast path)."""
+
+
 def encode_header(size: int) -> bytes:
     """Return the header announcing a payload of ``size`` bytes."""
     if size <= LARGEST_SHORT:
-        return _SHORT.pack(size)
+        return encode_short_header(size)
     return _LONG_MARK + _LONG.pack(size)
 
 

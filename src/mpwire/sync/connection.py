@@ -19,7 +19,14 @@ from typing import Any, Self, SupportsIndex
 
 from .. import serialize
 from ..exceptions import BufferTooShort, FrameError
-from ..protocol.frames import FrameDecoder, LargeFrame, PayloadReader, ReadInto, encode_header
+from ..protocol.frames import (
+    FrameDecoder,
+    LargeFrame,
+    PayloadReader,
+    ReadInto,
+    encode_header,
+    encode_short_header,
+)
 from ..serialize import loads
 
 __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
@@ -51,6 +58,8 @@ class Connection:
         self._writable = writable
         self._decoder = FrameDecoder()
         self._readinto: ReadInto | None = None
+        # The fd while open and writable, so one test guards the send path.
+        self._write_fd = fd if writable else None
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"fd={self._handle}"
@@ -97,7 +106,7 @@ class Connection:
             self._close()
 
     def _close(self) -> None:
-        handle, self._handle, self._readinto = self._handle, None, None
+        handle, self._handle, self._readinto, self._write_fd = self._handle, None, None, None
         if handle is not None:
             os.close(handle)
 
@@ -127,7 +136,9 @@ class Connection:
 
     def send_bytes(self, buf: _Buffer, offset: int = 0, size: int | None = None) -> None:
         """Send the bytes of a bytes-like object as one message."""
-        fd = self._writable_fd()
+        fd = self._write_fd
+        if fd is None:
+            fd = self._writable_fd()
         if type(buf) is bytes and not offset and size is None:
             self._send_frame(fd, buf)
             return
@@ -156,7 +167,7 @@ class Connection:
     def _send_frame(self, fd: int, payload: bytes | memoryview) -> None:
         size = len(payload)
         if size <= _CONCAT_LIMIT:
-            data = encode_header(size) + payload
+            data = encode_short_header(size) + payload
             written = os.write(fd, data)
             if written != len(data):
                 _write_all(fd, [memoryview(data)[written:]])
