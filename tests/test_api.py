@@ -1242,3 +1242,28 @@ def test_read_ahead_then_eof(conn_pair: Pair) -> None:
     assert a.poll(5)  # EOF is readable
     with pytest.raises(EOFError):
         a.recv_bytes()
+
+
+def _nodelay(conn: mpwire.Connection) -> int:
+    sock = socket.socket(fileno=conn.fileno())
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.detach()
+
+
+def test_nagle_is_off_from_the_handshake_to_the_first_message(
+    background: Callable[..., Any],
+) -> None:
+    """No delayed-ACK stall after the handshake; small messages share packets after it."""
+    with mpwire.Listener(("127.0.0.1", 0), authkey=b"key") as listener:
+        accepting = background(listener.accept)
+        with mpwire.Client(listener.address, authkey=b"key") as client:
+            server = accepting.result(10)
+            with server:
+                assert _nodelay(client) and _nodelay(server)
+                client.send("first")
+                assert server.recv() == "first"
+                server.send_bytes(b"reply")
+                assert client.recv_bytes() == b"reply"
+                assert not _nodelay(client) and not _nodelay(server)

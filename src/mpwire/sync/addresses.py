@@ -22,7 +22,9 @@ __all__ = [
     "default_family",
     "families",
     "is_abstract",
+    "is_tcp",
     "open_socket",
+    "set_nodelay",
     "validate_family",
 ]
 
@@ -81,7 +83,15 @@ def open_socket(address: Any, family: str) -> tuple[socket.socket, Any]:
     return sock, address
 
 
-def set_nodelay(sock: socket.socket) -> None:
-    """Send small frames at once: no Nagle delay behind an unacknowledged one."""
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def is_tcp(sock: socket.socket) -> bool:
+    """Whether ``sock`` is a TCP socket."""
+    return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
+def set_nodelay(fd: int, on: bool) -> None:
+    """Turn Nagle's algorithm off (``on``) or back on for the TCP socket ``fd``."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(on))
+    finally:
+        sock.detach()

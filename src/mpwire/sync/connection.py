@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import select
+from collections.abc import Callable
 from multiprocessing import reduction
 from types import TracebackType
 from typing import Any, Self, SupportsIndex
@@ -60,6 +61,7 @@ class Connection:
         self._readinto: ReadInto | None = None
         # The fd while open and writable, so one test guards the send path.
         self._write_fd = fd if writable else None
+        self._after_first_send: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"fd={self._handle}"
@@ -165,6 +167,9 @@ class Connection:
             self._send_frame(fd, payload)
 
     def _send_frame(self, fd: int, payload: bytes | memoryview) -> None:
+        if self._after_first_send is not None:
+            self._sent_first(fd, payload)
+            return
         size = len(payload)
         if size <= _CONCAT_LIMIT:
             data = encode_short_header(size) + payload
@@ -173,6 +178,12 @@ class Connection:
                 _write_all(fd, [memoryview(data)[written:]])
         else:
             _write_all(fd, [encode_header(size), payload])
+
+    def _sent_first(self, fd: int, payload: bytes | memoryview) -> None:
+        hook, self._after_first_send = self._after_first_send, None
+        self._send_frame(fd, payload)
+        if hook is not None:
+            hook()
 
     # -- receiving -------------------------------------------------------
 

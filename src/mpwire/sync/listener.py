@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from functools import partial
 from multiprocessing import util
 from types import TracebackType
 from typing import Any, Self
@@ -14,6 +15,7 @@ from .addresses import (
     arbitrary_address,
     default_family,
     is_abstract,
+    is_tcp,
     open_socket,
     set_nodelay,
     validate_family,
@@ -30,15 +32,28 @@ def _check_authkey(authkey: object) -> None:
 
 
 def _authenticated(sock: socket.socket, authkey: bytes | None, role: Role) -> Connection:
-    """Wrap a connected socket in a Connection and, with a key, authenticate it."""
-    set_nodelay(sock)
+    """Wrap a connected socket in a Connection and, with a key, authenticate it.
+
+    Over TCP the handshake's last message and the first message after it go
+    back to back, and Nagle's algorithm would hold the second until the peer's
+    delayed ACK of the first, 40 ms later: the stdlib loses that much per
+    connection. So Nagle is off until the first message after the handshake
+    has left, and on again after it, where it lets streams of small messages
+    share packets (as with the stdlib).
+    """
     conn = Connection(sock.detach())
-    if authkey is not None:
-        try:
-            run_handshake(conn, authkey, role)
-        except BaseException:
-            conn.close()
-            raise
+    if authkey is None:
+        return conn
+    tcp = is_tcp(sock)
+    try:
+        if tcp:
+            set_nodelay(conn.fileno(), True)
+        run_handshake(conn, authkey, role)
+    except BaseException:
+        conn.close()
+        raise
+    if tcp:
+        conn._after_first_send = partial(set_nodelay, conn.fileno(), False)
     return conn
 
 
