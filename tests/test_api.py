@@ -1267,3 +1267,27 @@ def test_nagle_is_off_from_the_handshake_to_the_first_message(
                 server.send_bytes(b"reply")
                 assert client.recv_bytes() == b"reply"
                 assert not _nodelay(client) and not _nodelay(server)
+
+
+def test_xml_listener_and_client_interoperate_with_the_stdlib(
+    background: Callable[..., Any],
+) -> None:
+    from multiprocessing.connection import XmlClient as StdlibXmlClient
+
+    with mpwire.connection.XmlListener(("127.0.0.1", 0), authkey=b"k") as listener:
+        accepting = background(listener.accept)
+        client = StdlibXmlClient(listener.address, authkey=b"k")
+        server = accepting.result(10)
+        client.send({"a": [1, 2.5, "x"]})
+        assert server.recv() == {"a": [1, 2.5, "x"]}
+        server.send([True, None])
+        assert client.recv() == [True, None]
+        client.close()
+        server.close()
+    with mpwire.Listener(("127.0.0.1", 0)) as listener:
+        accepting = background(listener.accept)
+        wrapped = mpwire.connection.XmlClient(listener.address)
+        with accepting.result(10) as plain:
+            wrapped.send("hi")
+            assert b"<string>hi</string>" in plain.recv_bytes()
+        wrapped.close()

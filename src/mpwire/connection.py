@@ -5,29 +5,31 @@ connection`` and nothing else changes: the same names, signatures, defaults,
 exceptions and bytes on the wire, so either end may be the stdlib's.
 """
 
-from multiprocessing import AuthenticationError, BufferTooShort
+from multiprocessing import AuthenticationError as AuthenticationError
+from multiprocessing import BufferTooShort as BufferTooShort
 
-from .protocol.handshake import (
-    CHALLENGE,
-    FAILURE,
-    MESSAGE_LENGTH,
-    WELCOME,
-    create_response,
-    verify_response,
-)
-from .sync.addresses import (
-    BUFSIZE,
-    CONNECTION_TIMEOUT,
-    address_type,
-    arbitrary_address,
-    default_family,
-    families,
-)
-from .sync.auth import answer_challenge, deliver_challenge
-from .sync.connection import Connection, rebuild_connection, reduce_connection
+from .protocol.handshake import CHALLENGE as CHALLENGE
+from .protocol.handshake import FAILURE as FAILURE
+from .protocol.handshake import MESSAGE_LENGTH as MESSAGE_LENGTH
+from .protocol.handshake import WELCOME as WELCOME
+from .protocol.handshake import create_response, verify_response
+from .sync.addresses import BUFSIZE as BUFSIZE
+from .sync.addresses import CONNECTION_TIMEOUT as CONNECTION_TIMEOUT
+from .sync.addresses import address_type as address_type
+from .sync.addresses import arbitrary_address as arbitrary_address
+from .sync.addresses import default_family as default_family
+from .sync.addresses import families as families
+from .sync.auth import answer_challenge as answer_challenge
+from .sync.auth import deliver_challenge as deliver_challenge
+from .sync.connection import Connection as Connection
+from .sync.connection import rebuild_connection as rebuild_connection
+from .sync.connection import reduce_connection as reduce_connection
 from .sync.listener import Client, Listener
 from .sync.pipe import Pipe
 from .sync.wait import wait
+from .sync.wrapper import ConnectionWrapper as ConnectionWrapper
+from .sync.wrapper import XmlClient as XmlClient
+from .sync.wrapper import XmlListener as XmlListener
 
 __all__ = ["Client", "Listener", "Pipe", "wait"]
 
@@ -37,20 +39,3 @@ _WELCOME = WELCOME
 _FAILURE = FAILURE
 _create_response = create_response
 _verify_challenge = verify_response
-
-__names_for_linters = (
-    AuthenticationError,
-    BufferTooShort,
-    BUFSIZE,
-    CONNECTION_TIMEOUT,
-    MESSAGE_LENGTH,
-    address_type,
-    answer_challenge,
-    arbitrary_address,
-    default_family,
-    deliver_challenge,
-    families,
-    Connection,
-    rebuild_connection,
-    reduce_connection,
-)
