@@ -35,7 +35,8 @@ __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
 _CONCAT_LIMIT = 8192
 """Payloads up to this size are joined to their header; larger ones use writev()."""
 
-_Buffer = bytes | bytearray | memoryview | Any
+_Buffer = Any
+"""Any object supporting the buffer protocol (bytes, bytearray, memoryview, array, numpy)."""
 
 
 class Connection:
