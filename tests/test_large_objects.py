@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pickle
+import signal
+import sys
+import termios
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -104,3 +109,77 @@ def test_peer_closing_mid_pickle_is_an_error_not_a_hang() -> None:
         with pytest.raises(OSError, match="end of file during message"):
             b.recv()
         writer.join(10)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _interrupt_once_drained(conn: mpwire.Connection) -> None:
+    """Signal the main thread once it has read every byte sent so far (so it blocks in recv)."""
+    deadline = time.monotonic() + 10
+    waiting = bytearray(4)
+    while time.monotonic() < deadline:
+        fcntl.ioctl(conn.fileno(), termios.FIONREAD, waiting)
+        if not int.from_bytes(waiting, sys.byteorder):
+            break
+        time.sleep(0.001)
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+
+@pytest.fixture
+def interruptible() -> Any:
+    def raise_interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    yield
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def _send_half_then_interrupt(a: mpwire.Connection, b: mpwire.Connection, body: bytes) -> None:
+    os.write(a.fileno(), encode_header(len(body)) + body[:100_000])
+    threading.Thread(target=_interrupt_once_drained, args=(b,)).start()
+
+
+@pytest.mark.parametrize("first", ["recv_bytes", "recv_bytes_into"])
+@pytest.mark.parametrize("then", ["recv_bytes", "recv_bytes_into"])
+def test_an_interrupted_large_receive_resumes(interruptible: Any, first: str, then: str) -> None:
+    a, b = mpwire.Pipe()
+    body = os.urandom(200_000)
+    with a, b:
+        _send_half_then_interrupt(a, b, body)
+        with pytest.raises(Interrupted):
+            if first == "recv_bytes":
+                b.recv_bytes()
+            else:
+                b.recv_bytes_into(bytearray(300_000))
+        sender = threading.Thread(target=lambda: (os.write(a.fileno(), body[100_000:]), a.send(1)))
+        sender.start()
+        if then == "recv_bytes":
+            assert b.recv_bytes() == body
+        else:
+            target = bytearray(300_000)
+            assert b.recv_bytes_into(target) == len(body)
+            assert target[: len(body)] == body
+        assert b.recv() == 1
+        sender.join(10)
+
+
+def test_an_interrupted_large_recv_closes_instead_of_waiting(interruptible: Any) -> None:
+    a, b = mpwire.Pipe()
+    with a, b:
+        _send_half_then_interrupt(a, b, pickle.dumps(np.ones(30_000), 5))
+        with pytest.raises(Interrupted):
+            b.recv()
+        assert b.closed
+
+
+def test_a_non_blocking_fd_raises_blocking_io_error() -> None:
+    a, b = mpwire.Pipe()
+    with a, b:
+        os.set_blocking(b.fileno(), False)
+        with pytest.raises(BlockingIOError):
+            b.recv_bytes()
+        a.send_bytes(b"ok")
+        assert b.recv_bytes() == b"ok"

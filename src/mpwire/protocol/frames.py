@@ -7,6 +7,7 @@ length (CPython 3.8 and later read and write this form).
 
 from __future__ import annotations
 
+import errno
 import io
 import struct
 from collections.abc import Callable
@@ -39,7 +40,14 @@ INITIAL_READ_AHEAD = 4096
 GROWTH_STEP = 1 << 20
 """A large payload's buffer is grown at most max(received, GROWTH_STEP) ahead."""
 
-ReadInto = Callable[[memoryview], int]
+ReadInto = Callable[[memoryview], int | None]
+"""A blocking ``readinto``: the count read, 0 at end of stream (None: would block)."""
+
+
+def _counted(received: int | None) -> int:
+    if received is None:
+        raise BlockingIOError(errno.EAGAIN, "the connection's file descriptor is non-blocking")
+    return received
 
 
 encode_short_header = _SHORT.pack
@@ -125,14 +133,14 @@ class FrameDecoder:
         if self._got < self._size:
             lease = self._large_buffer()
             try:
-                received = readinto(lease)
+                received = _counted(readinto(lease))
             finally:
                 lease.release()
             self._got += received
             return received
         if self._start or self._grow or self._end == len(self._buf):
             self._make_room()
-        received = readinto(self._view[self._end :])
+        received = _counted(readinto(self._view[self._end :]))
         self._end += received
         self._grow = self._end == len(self._buf) and self._end < self._read_ahead
         return received
@@ -200,7 +208,16 @@ class FrameDecoder:
         :class:`FrameError`. The stream cannot be used after either.
         """
         if self._size:
-            return self._finish_large() if self._got == self._size else None
+            if maxlength is not None and self._size > maxlength:
+                raise MessageTooLong(self._size, maxlength)
+            if self._got < self._size:
+                return None
+            payload = self._finish_large()
+            if into is not None and isinstance(payload, bytes) and len(payload) <= len(into):
+                # Begun by a call without this buffer (then interrupted).
+                into[: len(payload)] = payload
+                return len(payload)
+            return payload
         start = self._start
         avail = self._end - start
         if avail < 4:
@@ -262,6 +279,17 @@ class FrameDecoder:
         whole.release()
         return lease
 
+    def release_target(self) -> None:
+        """Stop writing into the caller's buffer (before it goes away mid-message).
+
+        What has landed there moves to a buffer of the decoder's own, so a
+        later call resumes the message.
+        """
+        if self._into is not None:
+            self._sink = io.BytesIO()
+            self._sink.write(self._into[: self._got])
+            self._into = None
+
     def _finish_large(self) -> int | bytes:
         size, sink = self._size, self._sink
         self._size = self._got = 0
@@ -290,6 +318,8 @@ class PayloadReader:
         self._prefix = memoryview(frame.prefix)
         self._left = frame.size
         self._readinto = readinto
+        self.broken = False
+        """Whether reading failed, leaving the stream short of the payload's end."""
 
     def readinto(self, buf: memoryview | bytearray) -> int:
         """Fill ``buf`` from the payload; fewer bytes only at the payload's end."""
@@ -302,8 +332,13 @@ class PayloadReader:
                     out[done : done + n] = self._prefix[:n]
                     self._prefix = self._prefix[n:]
                 else:
-                    n = self._readinto(out[done:want])
+                    try:
+                        n = _counted(self._readinto(out[done:want]))
+                    except BaseException:
+                        self.broken = True
+                        raise
                     if not n:
+                        self.broken = True
                         raise OSError("got end of file during message")
                 done += n
                 self._left -= n

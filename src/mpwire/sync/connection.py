@@ -213,9 +213,16 @@ class Connection:
         assert isinstance(frame, LargeFrame) and self._readinto is not None
         payload = PayloadReader(frame, self._readinto)
         try:
-            return pickle.Unpickler(payload).load()
-        finally:
-            payload.skip_rest()
+            obj = pickle.Unpickler(payload).load()
+        except BaseException:
+            if payload.broken:
+                # Reading stopped part way through a message it cannot resume.
+                self.close()
+            else:
+                payload.skip_rest()  # a bad pickle: the next message is intact
+            raise
+        payload.skip_rest()
+        return obj
 
     def recv_bytes_into(self, buf: _Buffer, offset: int = 0) -> int:
         """Receive one message into a writable buffer at byte ``offset``.
@@ -230,7 +237,10 @@ class Connection:
             if offset > m.nbytes:
                 raise ValueError("offset too large")
             with m.cast("B") as flat, flat[offset:] as target:
-                result = self._receive(None, target, False)
+                try:
+                    result = self._receive(None, target, False)
+                finally:
+                    self._decoder.release_target()
         if isinstance(result, int):
             return result
         raise BufferTooShort(result)
