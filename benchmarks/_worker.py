@@ -103,22 +103,26 @@ def server_pingpong_bytes(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
             return {}
 
 
-def client_pingpong_bytes(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Round trips of ``size``-byte messages, timed in batches after ``warmup`` untimed ones."""
-    payload = b"x" * params["size"]
-    recv, send = conn.recv_bytes, conn.send_bytes
+def _timed_round_trips(send: Any, recv: Any, message: Any, params: dict[str, Any]) -> list[float]:
+    """Seconds per batch of round trips of ``message``, after ``warmup`` untimed ones."""
     for _ in range(params["warmup"]):
-        send(payload)
+        send(message)
         recv()
     seconds = []
     for n in _batches(params["count"], params["batches"]):
         t0 = _perf()
         for _ in range(n):
-            send(payload)
+            send(message)
             recv()
         seconds.append(_perf() - t0)
-    send(b"")
-    if recv() != b"":
+    return seconds
+
+
+def client_pingpong_bytes(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Round trips of ``size``-byte messages, timed in batches after ``warmup`` untimed ones."""
+    seconds = _timed_round_trips(conn.send_bytes, conn.recv_bytes, b"x" * params["size"], params)
+    conn.send_bytes(b"")
+    if conn.recv_bytes() != b"":
         raise RuntimeError("bad final echo")
     return _batch_result(params["count"], params["batches"], seconds)
 
@@ -135,23 +139,12 @@ def server_pingpong_object(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
 
 def client_pingpong_object(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Round trips of a small dict with send()/recv(), timed in batches."""
-    obj = SMALL_OBJECT
-    recv, send = conn.recv, conn.send
-    for _ in range(params["warmup"]):
-        send(obj)
-        recv()
-    seconds = []
-    for n in _batches(params["count"], params["batches"]):
-        t0 = _perf()
-        for _ in range(n):
-            send(obj)
-            recv()
-        seconds.append(_perf() - t0)
-    send(obj)  # a last, untimed check that the echo is faithful
-    if recv() != obj:
+    seconds = _timed_round_trips(conn.send, conn.recv, SMALL_OBJECT, params)
+    conn.send(SMALL_OBJECT)  # a last, untimed check that the echo is faithful
+    if conn.recv() != SMALL_OBJECT:
         raise RuntimeError("echoed object differs")
-    send(None)
-    recv()
+    conn.send(None)
+    conn.recv()
     return _batch_result(params["count"], params["batches"], seconds)
 
 

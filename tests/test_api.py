@@ -441,11 +441,15 @@ def test_overlong_answer_is_refused(address: Any, background: Callable[..., Any]
         with pytest.raises(OSError):
             listener.accept()
         client.result()
-        client = background(_client_session, listener.address, KEY)
-        with listener.accept() as server:
-            assert server.recv() == "hello from the client"
-            server.send("still accepting")
-        assert client.result() == "still accepting"
+        _assert_still_accepting(listener, background)
+
+
+def _assert_still_accepting(listener: mpwire.Listener, background: Callable[..., Any]) -> None:
+    client = background(_client_session, listener.address, KEY)
+    with listener.accept() as server:
+        assert server.recv() == "hello from the client"
+        server.send("still accepting")
+    assert client.result() == "still accepting"
 
 
 def _connect_and_hang_up(address: Any) -> None:
@@ -460,11 +464,7 @@ def test_client_hanging_up_during_authentication(
         # Sending the challenge may fail (EPIPE, ECONNRESET) or reading the answer hits EOF.
         with pytest.raises((EOFError, OSError)):
             listener.accept()
-        client = background(_client_session, listener.address, KEY)
-        with listener.accept() as server:
-            assert server.recv() == "hello from the client"
-            server.send("still accepting")
-        assert client.result() == "still accepting"
+        _assert_still_accepting(listener, background)
 
 
 def test_deliver_and_answer_challenge(background: Callable[..., Any]) -> None:

@@ -16,7 +16,6 @@ from typing import Any
 __all__ = [
     "BUFSIZE",
     "CONNECTION_TIMEOUT",
-    "Address",
     "address_type",
     "arbitrary_address",
     "default_family",
@@ -27,8 +26,6 @@ __all__ = [
     "set_nodelay",
     "validate_family",
 ]
-
-Address = tuple[Any, ...] | str | bytes | os.PathLike[str]
 
 BUFSIZE = 8192
 CONNECTION_TIMEOUT = 20.0
