@@ -350,7 +350,8 @@ class PayloadReader:
         out = io.BytesIO()
         while out.tell() < size:
             chunk = bytearray(min(size - out.tell(), GROWTH_STEP))
-            out.write(chunk[: self.readinto(chunk)])
+            self.readinto(chunk)  # fills it: size is at most what is left
+            out.write(chunk)
         return out.getvalue()
 
     def readline(self) -> bytes:
