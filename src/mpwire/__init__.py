@@ -5,7 +5,13 @@ connection``; the package also re-exports the public API directly.
 """
 
 from . import connection
-from .exceptions import AuthenticationError, BufferTooShort, FrameError, MessageTooLong
+from .exceptions import (
+    AuthenticationError,
+    BufferTooShort,
+    FrameError,
+    HandshakeTimeout,
+    MessageTooLong,
+)
 from .sync import (
     Client,
     Connection,
@@ -24,6 +30,7 @@ __all__ = [
     "Client",
     "Connection",
     "FrameError",
+    "HandshakeTimeout",
     "Listener",
     "MessageTooLong",
     "Pipe",

@@ -11,6 +11,7 @@ __all__ = [
     "AuthenticationError",
     "BufferTooShort",
     "FrameError",
+    "HandshakeTimeout",
     "MessageTooLong",
 ]
 
@@ -30,3 +31,11 @@ class MessageTooLong(FrameError):
         super().__init__(f"bad message length: {size} bytes declared, limit is {limit}")
         self.size = size
         self.limit = limit
+
+
+class HandshakeTimeout(TimeoutError, AuthenticationError):
+    """The peer did not complete the authkey handshake in time.
+
+    Both a TimeoutError and an AuthenticationError, so either ``except``
+    clause catches it. A peer that uses no authkey at all ends this way.
+    """

@@ -22,13 +22,15 @@ import os
 from collections.abc import Callable, Generator
 from typing import Final
 
-from ..exceptions import AuthenticationError
+from ..exceptions import AuthenticationError, FrameError
+from .frames import FrameDecoder, ReadInto, encode_short_header
 
 __all__ = [
     "CHALLENGE",
     "FAILURE",
     "MAX_HANDSHAKE_MESSAGE",
     "WELCOME",
+    "FramedHandshake",
     "Handshake",
     "Role",
     "create_response",
@@ -209,3 +211,60 @@ class Handshake:
         self._outgoing.append(create_response(self._authkey, message))
         if (yield) != WELCOME:
             raise AuthenticationError("digest sent was rejected")
+
+
+class FramedHandshake:
+    """A Handshake over a byte stream: received bytes in, bytes to send out.
+
+    For front ends that multiplex many handshakes on non-blocking sockets. The
+    frames are capped at ``MAX_HANDSHAKE_MESSAGE`` bytes whatever the
+    connection's own limit, and a malformed or oversized one fails the
+    handshake. Bytes the peer sent after it (its first messages) are kept in
+    :meth:`leftover` for the connection's own decoder.
+    """
+
+    def __init__(self, authkey: bytes, role: Role, *, digest: str = "sha256") -> None:
+        self._handshake = Handshake(authkey, role, digest=digest)
+        self._decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE)
+        self._framing_error: AuthenticationError | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether both sides have proved they hold the key."""
+        return self._handshake.done
+
+    @property
+    def error(self) -> AuthenticationError | None:
+        """Why the handshake failed, or None."""
+        return self._framing_error or self._handshake.error
+
+    def data_to_send(self) -> bytes:
+        """The frames to send now (each call returns them once)."""
+        return b"".join(encode_short_header(len(m)) + m for m in self._handshake.messages_to_send())
+
+    def fill(self, readinto: ReadInto) -> int:
+        """Receive with ``readinto`` once (see FrameDecoder.fill) and take the frames."""
+        received = self._decoder.fill(readinto)
+        if received:
+            self._take_frames()
+        return received
+
+    def receive_data(self, data: bytes) -> None:
+        """Take bytes received by other means."""
+        self._decoder.feed(data)
+        self._take_frames()
+
+    def _take_frames(self) -> None:
+        while not self.done and self.error is None:
+            try:
+                message = self._decoder.next_frame()
+            except FrameError as exc:
+                self._framing_error = AuthenticationError(f"bad handshake message: {exc}")
+                return
+            if message is None:
+                return
+            self._handshake.receive(message)
+
+    def leftover(self) -> bytes:
+        """What the peer sent after the handshake, once it is done."""
+        return self._decoder.pending_bytes()

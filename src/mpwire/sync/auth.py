@@ -6,6 +6,7 @@ Works with mpwire and stdlib Connections alike: all it needs is
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..protocol.handshake import MAX_HANDSHAKE_MESSAGE, Handshake, Role
@@ -13,13 +14,27 @@ from ..protocol.handshake import MAX_HANDSHAKE_MESSAGE, Handshake, Role
 __all__ = ["answer_challenge", "deliver_challenge", "run_handshake"]
 
 
-def run_handshake(connection: Any, authkey: bytes, role: Role, digest: str = "sha256") -> None:
-    """Authenticate ``connection`` in ``role``; raise AuthenticationError on failure."""
+def run_handshake(
+    connection: Any,
+    authkey: bytes,
+    role: Role,
+    digest: str = "sha256",
+    *,
+    deadline: float | None = None,
+) -> None:
+    """Authenticate ``connection`` in ``role``; raise AuthenticationError on failure.
+
+    With a ``deadline`` (a ``time.monotonic()`` value; mpwire Connections
+    only), a peer that is too slow makes it raise TimeoutError.
+    """
     handshake = Handshake(authkey, role, digest=digest)
+    limits: dict[str, float] = {}
     while True:
+        if deadline is not None:
+            limits["timeout"] = max(0.0, deadline - time.monotonic())
         for message in handshake.messages_to_send():
             try:
-                connection.send_bytes(message)
+                connection.send_bytes(message, **limits)
             except OSError:
                 # The peer may hang up before our #FAILURE# reaches it; the
                 # authentication failure is the error worth reporting.
@@ -28,7 +43,7 @@ def run_handshake(connection: Any, authkey: bytes, role: Role, digest: str = "sh
         handshake.raise_for_failure()
         if handshake.done:
             return
-        handshake.receive(connection.recv_bytes(MAX_HANDSHAKE_MESSAGE))
+        handshake.receive(connection.recv_bytes(MAX_HANDSHAKE_MESSAGE, **limits))
 
 
 def deliver_challenge(connection: Any, authkey: bytes, digest_name: str = "sha256") -> None:

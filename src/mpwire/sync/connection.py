@@ -4,15 +4,25 @@ Same API, errors and wire format as ``multiprocessing.connection.Connection``,
 with less work per message: received bytes are read ahead (one ``read`` can
 bring many frames), large payloads land directly in the object returned, and
 header and payload leave in one system call.
+
+And safer: every send and receive takes a ``timeout``; ``max_message_size``
+bounds what a peer can make us receive; threads may share a Connection (one
+sender and one receiver at a time, each whole frames); ``close()`` from
+another thread wakes a call blocked on a socket; and a frame cut short by an
+error closes the connection instead of corrupting the stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import pickle
 import select
+import socket
+import threading
+import time
 from collections.abc import Callable
 from multiprocessing import reduction
 from types import TracebackType
@@ -35,8 +45,33 @@ __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
 _CONCAT_LIMIT = 8192
 """Payloads up to this size are joined to their header; larger ones use writev()."""
 
+_NOSIGNAL = socket.MSG_NOSIGNAL
+"""A peer that hung up is an EPIPE error, never a SIGPIPE that kills the process."""
+
 _Buffer = Any
 """Any object supporting the buffer protocol (bytes, bytearray, memoryview, array, numpy)."""
+
+
+def _wait_for(fd: int, event: int, deadline: float, what: str) -> None:
+    """Wait until ``fd`` is ready for ``event``; TimeoutError at the deadline."""
+    poller = select.poll()
+    poller.register(fd, event)
+    while not poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000))):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} timed out")
+
+
+def _socket_of(fd: int) -> socket.socket | None:
+    """A socket object sharing ``fd`` if it is a socket, keeping its blocking mode."""
+    blocking = socket.getdefaulttimeout() is None or os.get_blocking(fd)
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return None
+    if blocking:
+        # socket.setdefaulttimeout() makes new socket objects non-blocking.
+        sock.setblocking(True)
+    return sock
 
 
 class Connection:
@@ -44,21 +79,39 @@ class Connection:
 
     ``handle`` is an open socket or pipe fd, which the Connection owns and
     closes. Objects go with send()/recv() (pickled), raw messages with
-    send_bytes()/recv_bytes()/recv_bytes_into().
+    send_bytes()/recv_bytes()/recv_bytes_into(). Messages longer than
+    ``max_message_size`` bytes (None: no limit) are refused when they
+    announce themselves, before any memory is set aside for them.
     """
 
     _handle: int | None = None
 
-    def __init__(self, handle: SupportsIndex, readable: bool = True, writable: bool = True) -> None:
+    def __init__(
+        self,
+        handle: SupportsIndex,
+        readable: bool = True,
+        writable: bool = True,
+        *,
+        max_message_size: int | None = None,
+    ) -> None:
         fd = handle.__index__()
         if fd < 0:
             raise ValueError("invalid handle")
         if not readable and not writable:
             raise ValueError("at least one of `readable` and `writable` must be True")
+        if max_message_size is not None and max_message_size < 0:
+            raise ValueError("max_message_size is negative")
+        # One sender and one receiver at a time; close() defers closing the
+        # fd (in _closing) while either is busy, so no call ever touches a
+        # reused fd number.
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._closing: int | None = None
+        self._sock = _socket_of(fd)
         self._handle = fd
         self._readable = readable
         self._writable = writable
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(max_message_size)
         self._readinto: ReadInto | None = None
         # The fd while open and writable, so one test guards the send path.
         self._write_fd = fd if writable else None
@@ -71,7 +124,7 @@ class Connection:
 
     def __del__(self) -> None:
         if self._handle is not None:
-            self._close()
+            self.close()
 
     def __enter__(self) -> Self:
         return self
@@ -99,19 +152,48 @@ class Connection:
         """True if the connection is writable."""
         return self._writable
 
+    @property
+    def max_message_size(self) -> int | None:
+        """The longest message this connection receives (None: no limit)."""
+        return self._decoder.max_size
+
     def fileno(self) -> int:
         """File descriptor or handle of the connection."""
         return self._fd()
 
     def close(self) -> None:
-        """Close the connection."""
-        if self._handle is not None:
-            self._close()
+        """Close the connection.
 
-    def _close(self) -> None:
-        handle, self._handle, self._readinto, self._write_fd = self._handle, None, None, None
-        if handle is not None:
-            os.close(handle)
+        Safe from any thread: a call blocked on this socket in another thread
+        is woken and fails with EOFError or OSError.
+        """
+        handle = self._handle
+        if handle is None:
+            return
+        self._handle = self._readinto = self._write_fd = None
+        self._closing = handle
+        if self._sock is not None and (self._recv_lock.locked() or self._send_lock.locked()):
+            with contextlib.suppress(OSError):  # not connected any more: nothing to wake
+                self._sock.shutdown(socket.SHUT_RDWR)
+        self._finish_close()
+
+    def _finish_close(self) -> None:
+        """Close the fd once no send or receive is using it (the last one out calls this)."""
+        if not self._recv_lock.acquire(blocking=False):
+            return
+        try:
+            if not self._send_lock.acquire(blocking=False):
+                return
+            try:
+                handle, self._closing = self._closing, None
+                if handle is not None:
+                    if self._sock is not None:
+                        self._sock.detach()
+                    os.close(handle)
+            finally:
+                self._send_lock.release()
+        finally:
+            self._recv_lock.release()
 
     def _fd(self) -> int:
         if self._handle is None:
@@ -137,14 +219,24 @@ class Connection:
 
     # -- sending ---------------------------------------------------------
 
-    def send_bytes(self, buf: _Buffer, offset: int = 0, size: int | None = None) -> None:
-        """Send the bytes of a bytes-like object as one message."""
-        fd = self._write_fd
-        if fd is None:
-            fd = self._writable_fd()
+    def send_bytes(
+        self,
+        buf: _Buffer,
+        offset: int = 0,
+        size: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Send the bytes of a bytes-like object as one message.
+
+        With a ``timeout`` (seconds), a peer that does not read makes this
+        raise TimeoutError: the connection is still usable if nothing of the
+        message left, and closed if part of it did.
+        """
         if type(buf) is bytes and not offset and size is None:
-            self._send_frame(fd, buf)
+            self._send_frame(buf, timeout)
             return
+        self._writable_fd()
         m = memoryview(buf)
         if m.itemsize != 1 or m.ndim != 1:
             m = m.cast("B")
@@ -159,59 +251,170 @@ class Connection:
             raise ValueError("size is negative")
         elif offset + size > n:
             raise ValueError("buffer length < offset + size")
-        self._send_frame(fd, m[offset : offset + size])
+        self._send_frame(m[offset : offset + size], timeout)
 
-    def send(self, obj: Any) -> None:
-        """Send a (picklable) object."""
-        fd = self._writable_fd()
+    def send(self, obj: Any, *, timeout: float | None = None) -> None:
+        """Send a (picklable) object; ``timeout`` as for send_bytes()."""
+        self._writable_fd()
         with serialize.dumps(obj) as payload:
-            self._send_frame(fd, payload)
+            self._send_frame(payload, timeout)
 
-    def _send_frame(self, fd: int, payload: bytes | memoryview) -> None:
-        if self._after_first_send is not None:
-            self._sent_first(fd, payload)
-            return
-        size = len(payload)
-        if size <= _CONCAT_LIMIT:
-            data = encode_short_header(size) + payload
-            written = os.write(fd, data)
-            if written != len(data):
-                _write_all(fd, [memoryview(data)[written:]])
-        else:
-            _write_all(fd, [encode_header(size), payload])
+    def _send_frame(self, payload: bytes | memoryview, timeout: float | None) -> None:
+        """Send one frame, whole: other senders wait, and a frame cut short closes."""
+        lock = self._send_lock
+        if timeout is None:
+            lock.acquire()
+        elif not lock.acquire(True, timeout):
+            raise TimeoutError("send timed out waiting for another sender")
+        try:
+            fd = self._write_fd
+            if fd is None:
+                fd = self._writable_fd()
+            size = len(payload)
+            if size <= _CONCAT_LIMIT:
+                data = encode_short_header(size) + payload
+                if timeout is None and self._after_first_send is None:
+                    sock = self._sock
+                    written = sock.send(data, _NOSIGNAL) if sock else os.write(fd, data)
+                    if written != len(data):
+                        self._transmit(fd, [memoryview(data)[written:]], None, written)
+                    return
+                parts: list[Any] = [data]
+            else:
+                parts = [encode_header(size), payload]
+            deadline = None if timeout is None else time.monotonic() + timeout
+            self._transmit(fd, parts, deadline, 0)
+            if self._after_first_send is not None:
+                hook, self._after_first_send = self._after_first_send, None
+                hook()
+        finally:
+            lock.release()
+            if self._closing is not None:
+                self._finish_close()
 
-    def _sent_first(self, fd: int, payload: bytes | memoryview) -> None:
-        hook, self._after_first_send = self._after_first_send, None
-        self._send_frame(fd, payload)
-        if hook is not None:
-            hook()
+    def _transmit(self, fd: int, parts: list[Any], deadline: float | None, sent: int) -> None:
+        """Write every byte of ``parts``, resuming after partial writes.
+
+        ``sent`` counts the frame's bytes already written: if any went out and
+        this fails, the peer has half a frame and the connection is closed.
+        """
+        try:
+            while parts:
+                written = self._write_some(fd, parts, deadline)
+                sent += written
+                while parts and written >= len(parts[0]):
+                    written -= len(parts.pop(0))
+                if written:
+                    parts[0] = memoryview(parts[0])[written:]
+        except BaseException:
+            if sent:
+                self.close()
+            raise
+
+    def _write_some(self, fd: int, parts: list[Any], deadline: float | None) -> int:
+        """One vectored write; with a deadline, wait for room first instead of blocking."""
+        sock = self._sock
+        if deadline is None:
+            return sock.sendmsg(parts, (), _NOSIGNAL) if sock else os.writev(fd, parts)
+        _wait_for(fd, select.POLLOUT, deadline, "send")
+        if sock is not None:
+            try:
+                return sock.sendmsg(parts, (), _NOSIGNAL | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return 0
+        # A pipe with room takes PIPE_BUF bytes without blocking.
+        with memoryview(parts[0]) as first, first.cast("B") as flat:
+            return os.write(fd, flat[: select.PIPE_BUF])
 
     # -- receiving -------------------------------------------------------
 
-    def recv_bytes(self, maxlength: int | None = None) -> bytes:
+    def recv_bytes(self, maxlength: int | None = None, *, timeout: float | None = None) -> bytes:
         """Receive one message as bytes.
 
         A message longer than ``maxlength`` closes the connection and raises
-        OSError (a :class:`~mpwire.exceptions.MessageTooLong`).
+        OSError (a :class:`~mpwire.exceptions.MessageTooLong`). With a
+        ``timeout`` (seconds), raises TimeoutError if no whole message came in
+        time; what arrived of it stays buffered for the next call.
         """
         if maxlength is not None and maxlength < 0:
             self._readable_fd()
             raise ValueError("negative maxlength")
-        frame = self._receive(maxlength, None, False)
-        assert isinstance(frame, bytes)
-        return frame
+        return self._receive(maxlength, None, False, timeout)  # type: ignore[no-any-return]
 
-    def recv(self) -> Any:
-        """Receive a (pickled) object.
+    def recv(self, *, timeout: float | None = None) -> Any:
+        """Receive a (pickled) object; ``timeout`` as for recv_bytes().
 
-        A large message is unpickled as it arrives, so large buffers inside it
-        are received straight into the objects they become.
+        Without a timeout, a large message is unpickled as it arrives, so
+        large buffers inside it are received straight into the objects they
+        become.
         """
-        frame = self._receive(None, None, True)
-        if isinstance(frame, bytes):
-            return loads(frame)
-        assert isinstance(frame, LargeFrame) and self._readinto is not None
-        payload = PayloadReader(frame, self._readinto)
+        return self._receive(None, None, True, timeout)
+
+    def recv_bytes_into(
+        self, buf: _Buffer, offset: int = 0, *, timeout: float | None = None
+    ) -> int:
+        """Receive one message into a writable buffer at byte ``offset``.
+
+        Returns the message's size. If it does not fit, raises BufferTooShort
+        with the whole message as ``args[0]``. ``timeout`` as for recv_bytes().
+        """
+        self._readable_fd()
+        with memoryview(buf) as m:
+            if offset < 0:
+                raise ValueError("negative offset")
+            if offset > m.nbytes:
+                raise ValueError("offset too large")
+            with m.cast("B") as flat, flat[offset:] as target:
+                result = self._receive(None, target, False, timeout)
+        if isinstance(result, int):
+            return result
+        raise BufferTooShort(result)
+
+    def _receive(
+        self, maxlength: int | None, into: memoryview | None, load: bool, timeout: float | None
+    ) -> Any:
+        """Take the next message: as bytes, into ``into``, or (``load``) unpickled.
+
+        One receiver at a time; a malformed or oversized frame closes.
+        """
+        lock = self._recv_lock
+        if timeout is None:
+            lock.acquire()
+        elif not lock.acquire(True, timeout):
+            raise TimeoutError("recv timed out waiting for another receiver")
+        try:
+            readinto = self._readinto or self._reader()
+            decoder = self._decoder
+            stream = load and timeout is None
+            try:
+                frame = decoder.next_frame(maxlength, into, stream)
+                if frame is None:
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                    while frame is None:
+                        if deadline is not None:
+                            _wait_for(self._fd(), select.POLLIN, deadline, "recv")
+                        if not decoder.fill(readinto):
+                            raise decoder.eof_error()
+                        frame = decoder.next_frame(maxlength, into, stream)
+            except FrameError:
+                self.close()
+                raise
+            finally:
+                if into is not None:
+                    decoder.release_target()
+            if not load:
+                return frame
+            if isinstance(frame, LargeFrame):
+                return self._load_streamed(frame, readinto)
+            return loads(frame)  # type: ignore[arg-type]  # bytes: no `into` when loading
+        finally:
+            lock.release()
+            if self._closing is not None:
+                self._finish_close()
+
+    def _load_streamed(self, frame: LargeFrame, readinto: ReadInto) -> Any:
+        """Unpickle a large frame as its bytes arrive."""
+        payload = PayloadReader(frame, readinto)
         try:
             obj = pickle.Unpickler(payload).load()
         except BaseException:
@@ -223,44 +426,6 @@ class Connection:
             raise
         payload.skip_rest()
         return obj
-
-    def recv_bytes_into(self, buf: _Buffer, offset: int = 0) -> int:
-        """Receive one message into a writable buffer at byte ``offset``.
-
-        Returns the message's size. If it does not fit, raises BufferTooShort
-        with the whole message as ``args[0]``.
-        """
-        self._readable_fd()
-        with memoryview(buf) as m:
-            if offset < 0:
-                raise ValueError("negative offset")
-            if offset > m.nbytes:
-                raise ValueError("offset too large")
-            with m.cast("B") as flat, flat[offset:] as target:
-                try:
-                    result = self._receive(None, target, False)
-                finally:
-                    self._decoder.release_target()
-        if isinstance(result, int):
-            return result
-        raise BufferTooShort(result)
-
-    def _receive(
-        self, maxlength: int | None, into: memoryview | None, stream: bool
-    ) -> int | bytes | LargeFrame:
-        """Read until the decoder has the next frame (see FrameDecoder.next_frame)."""
-        readinto = self._readinto or self._reader()
-        decoder = self._decoder
-        try:
-            frame = decoder.next_frame(maxlength, into, stream)
-            while frame is None:
-                if not decoder.fill(readinto):
-                    raise decoder.eof_error()
-                frame = decoder.next_frame(maxlength, into, stream)
-        except FrameError:
-            self.close()
-            raise
-        return frame
 
     # -- readiness -------------------------------------------------------
 
@@ -278,25 +443,22 @@ class Connection:
         return self._handle is not None and self._readable and self._decoder.pending
 
 
-def _write_all(fd: int, parts: list[Any]) -> None:
-    """Write every byte of ``parts``, resuming after partial writes."""
-    while parts:
-        written = os.writev(fd, parts)
-        while parts and written >= len(parts[0]):
-            written -= len(parts.pop(0))
-        if written:
-            parts[0] = memoryview(parts[0])[written:]
-
-
 def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
     """Pickle support: the fd travels as multiprocessing sends fds, with any read-ahead."""
     df = reduction.DupFd(conn.fileno())
-    return rebuild_connection, (df, conn.readable, conn.writable, conn._decoder.pending_bytes())
+    pending = conn._decoder.pending_bytes()
+    return rebuild_connection, (df, conn.readable, conn.writable, pending, conn.max_message_size)
 
 
-def rebuild_connection(df: Any, readable: bool, writable: bool, pending: bytes = b"") -> Connection:
+def rebuild_connection(
+    df: Any,
+    readable: bool,
+    writable: bool,
+    pending: bytes = b"",
+    max_message_size: int | None = None,
+) -> Connection:
     """Unpickle a Connection made by reduce_connection()."""
-    conn = Connection(df.detach(), readable, writable)
+    conn = Connection(df.detach(), readable, writable, max_message_size=max_message_size)
     conn._decoder.feed(pending)
     return conn
 

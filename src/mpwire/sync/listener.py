@@ -1,15 +1,27 @@
-"""Listener and Client: connections over TCP and Unix sockets, with the authkey check."""
+"""Listener and Client: connections over TCP and Unix sockets, with the authkey check.
+
+A Listener with an authkey runs the handshakes of all the clients it has
+accepted side by side, on non-blocking sockets, so a client that stays silent
+or trickles bytes delays nobody: accept() returns whichever client proves the
+key first, and a handshake that takes longer than ``handshake_timeout``
+seconds is dropped.
+"""
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import select
 import socket
+import time
 from functools import partial
 from multiprocessing import util
 from types import TracebackType
 from typing import Any, Self
 
-from ..protocol.handshake import Role
+from ..exceptions import HandshakeTimeout
+from ..protocol.handshake import FramedHandshake, Role
 from .addresses import (
     address_type,
     arbitrary_address,
@@ -23,7 +35,20 @@ from .addresses import (
 from .auth import run_handshake
 from .connection import Connection
 
-__all__ = ["Client", "Listener"]
+__all__ = ["CLIENT_HANDSHAKE_TIMEOUT", "HANDSHAKE_TIMEOUT", "Client", "Listener"]
+
+HANDSHAKE_TIMEOUT = 5.0
+"""Seconds a Listener gives an accepted client to prove the key (it answers at once)."""
+
+CLIENT_HANDSHAKE_TIMEOUT = 20.0
+"""Seconds a Client waits for the listener's side of the handshake.
+
+Longer than the listener's: a busy listener may call accept() late. A listener
+without an authkey never sends a challenge, so this is how that mistake ends.
+"""
+
+_RETRY_CONNECT = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
+"""connect() errors meaning the listener is not up (yet): Client(timeout=) retries them."""
 
 
 def _check_authkey(authkey: object) -> None:
@@ -31,30 +56,38 @@ def _check_authkey(authkey: object) -> None:
         raise TypeError("authkey should be a byte string")
 
 
-def _authenticated(sock: socket.socket, authkey: bytes | None, role: Role) -> Connection:
-    """Wrap a connected socket in a Connection and, with a key, authenticate it.
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    Over TCP the handshake's last message and the first message after it go
-    back to back, and Nagle's algorithm would hold the second until the peer's
-    delayed ACK of the first, 40 ms later: the stdlib loses that much per
-    connection. So Nagle is off until the first message after the handshake
-    has left, and on again after it, where it lets streams of small messages
-    share packets (as with the stdlib).
+
+def _poll_ms(deadline: float | None) -> int | None:
+    return None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
+
+
+def _restore_nagle_after_first_send(conn: Connection) -> None:
+    """Over TCP, the handshake runs with Nagle's algorithm off; turn it on again later.
+
+    The handshake's last message and the first message after it go back to
+    back, and Nagle's algorithm would hold the second until the peer's delayed
+    ACK of the first, 40 ms later: the stdlib loses that much per connection.
+    Once the first message after the handshake has left, Nagle lets streams of
+    small messages share packets again (as with the stdlib).
     """
-    conn = Connection(sock.detach())
-    if authkey is None:
-        return conn
-    tcp = is_tcp(sock)
-    try:
-        if tcp:
-            set_nodelay(conn.fileno(), True)
-        run_handshake(conn, authkey, role)
-    except BaseException:
-        conn.close()
-        raise
-    if tcp:
-        conn._after_first_send = partial(set_nodelay, conn.fileno(), False)
-    return conn
+    conn._after_first_send = partial(set_nodelay, conn.fileno(), False)
+
+
+class _Pending:
+    """An accepted client whose handshake is under way."""
+
+    __slots__ = ("deadline", "handshake", "peer", "sock")
+
+    def __init__(
+        self, sock: socket.socket, peer: Any, handshake: FramedHandshake, end: float
+    ) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.handshake = handshake
+        self.deadline = end
 
 
 class Listener:
@@ -63,7 +96,9 @@ class Listener:
     ``address`` is ``(host, port)`` for TCP, a path or ``'\\0name'`` for a Unix
     socket, or None for a fresh Unix socket in a private folder. With an
     ``authkey``, accept() runs the challenge in both directions and raises
-    AuthenticationError if the peer fails it.
+    AuthenticationError if a peer fails it; peers that hang up or take longer
+    than ``handshake_timeout`` seconds (None: no limit) are dropped. Accepted
+    Connections refuse messages over ``max_message_size`` bytes.
     """
 
     def __init__(
@@ -72,6 +107,9 @@ class Listener:
         family: str | None = None,
         backlog: int = 1,
         authkey: bytes | None = None,
+        *,
+        handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
+        max_message_size: int | None = None,
     ) -> None:
         family = family or (address and address_type(address)) or default_family
         validate_family(family)
@@ -86,13 +124,18 @@ class Listener:
         except OSError:
             sock.close()
             raise
+        sock.setblocking(False)
         if sock.family == socket.AF_INET6 and bound[3] == 0:
             bound = bound[:2]
         self._socket: socket.socket | None = sock
         self._address = bound
         self._family = family
         self._authkey = authkey
+        self._handshake_timeout = handshake_timeout
+        self._max_message_size = max_message_size
         self._last_accepted: Any = None
+        self._pending: dict[int, _Pending] = {}
+        self._paused_at = time.monotonic()
         self._unlink: util.Finalize | None = None
         if family == "AF_UNIX" and not is_abstract(address):
             self._unlink = util.Finalize(self, os.unlink, args=(address,), exitpriority=0)
@@ -118,19 +161,157 @@ class Listener:
         """The address of the last accepted peer, or None."""
         return self._last_accepted
 
-    def accept(self) -> Connection:
-        """Accept a connection (and authenticate it, with an authkey)."""
+    def accept(self, timeout: float | None = None) -> Connection:
+        """Accept a connection (and authenticate it, with an authkey).
+
+        With a ``timeout`` (seconds), raises TimeoutError if no client has
+        connected (and proved the key) by then.
+        """
+        listening = self._listening()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._authkey is None:
+            while True:
+                accepted = self._accept_one(listening, deadline)
+                if accepted is not None:
+                    sock, self._last_accepted = accepted
+                    return self._connection(sock)
+        return self._accept_authenticated(listening, self._authkey, deadline)
+
+    def _listening(self) -> socket.socket:
         if self._socket is None:
             raise OSError("listener is closed")
-        sock, self._last_accepted = self._socket.accept()
-        # Under a default timeout (socket.setdefaulttimeout) the accepted
-        # socket's fd is non-blocking, and the Connection reads it directly.
+        return self._socket
+
+    def _accept_one(
+        self, listening: socket.socket, deadline: float | None
+    ) -> tuple[socket.socket, Any] | None:
+        """A newly connected socket (blocking), or None if a client vanished first."""
+        poller = select.poll()
+        poller.register(listening, select.POLLIN)
+        if not poller.poll(_poll_ms(deadline)):
+            raise TimeoutError("accept timed out")
+        try:
+            sock, peer = listening.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return None
         sock.setblocking(True)
-        return _authenticated(sock, self._authkey, Role.LISTENER)
+        return sock, peer
+
+    def _connection(self, sock: socket.socket, leftover: bytes = b"") -> Connection:
+        conn = Connection(sock.detach(), max_message_size=self._max_message_size)
+        conn._decoder.feed(leftover)
+        return conn
+
+    def _accept_authenticated(
+        self, listening: socket.socket, authkey: bytes, deadline: float | None
+    ) -> Connection:
+        """Accept and authenticate clients side by side until one proves the key.
+
+        A handshake's clock runs only while accept() runs: time spent outside
+        it is not the client's fault.
+        """
+        paused = time.monotonic() - self._paused_at
+        for pending in self._pending.values():
+            pending.deadline += paused
+        try:
+            while True:
+                poller = select.poll()
+                poller.register(listening, select.POLLIN)
+                for fd in self._pending:
+                    poller.register(fd, select.POLLIN)
+                wake = min((p.deadline for p in self._pending.values()), default=math.inf)
+                if deadline is not None:
+                    wake = min(wake, deadline)
+                ready = poller.poll(None if wake == math.inf else _poll_ms(wake))
+                for fd, _ in ready:
+                    if fd == listening.fileno():
+                        self._start_handshakes(listening, authkey)
+                    elif fd in self._pending:
+                        conn = self._advance(self._pending[fd])
+                        if conn is not None:
+                            return conn
+                self._drop_expired()
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("accept timed out")
+        finally:
+            self._paused_at = time.monotonic()
+
+    def _start_handshakes(self, listening: socket.socket, authkey: bytes) -> None:
+        """Accept every waiting client and send each its challenge."""
+        limit = self._handshake_timeout
+        while True:
+            try:
+                sock, peer = listening.accept()
+            except (BlockingIOError, ConnectionAbortedError):
+                return
+            sock.setblocking(False)
+            if is_tcp(sock):
+                set_nodelay(sock.fileno(), True)
+            end = math.inf if limit is None else time.monotonic() + limit
+            pending = _Pending(sock, peer, FramedHandshake(authkey, Role.LISTENER), end)
+            self._pending[sock.fileno()] = pending
+            self._send_or_drop(pending)
+
+    def _advance(self, pending: _Pending) -> Connection | None:
+        """Take what a client sent: its Connection if it has proved the key.
+
+        Raises AuthenticationError (as the stdlib's accept() does) if it
+        failed; a client that hung up is dropped.
+        """
+        handshake = pending.handshake
+        try:
+            received = handshake.fill(pending.sock.recv_into)
+        except BlockingIOError:
+            return None
+        except OSError:
+            received = 0
+        if not received:
+            self._drop(pending)
+            return None
+        sent = self._send_or_drop(pending)
+        if handshake.error is not None:
+            self._drop(pending)
+            raise handshake.error
+        if not sent or not handshake.done:
+            return None
+        del self._pending[pending.sock.fileno()]
+        pending.sock.setblocking(True)
+        self._last_accepted = pending.peer
+        tcp = is_tcp(pending.sock)
+        conn = self._connection(pending.sock, handshake.leftover())
+        if tcp:
+            _restore_nagle_after_first_send(conn)
+        return conn
+
+    def _send_or_drop(self, pending: _Pending) -> bool:
+        """Send what the handshake has queued; drop the client if it cannot take it.
+
+        The messages are tiny and the socket's buffer fresh, so anything but a
+        whole write means the client is gone or hostile.
+        """
+        data = pending.handshake.data_to_send()
+        try:
+            if not data or pending.sock.send(data, socket.MSG_NOSIGNAL) == len(data):
+                return True
+        except OSError:
+            pass
+        self._drop(pending)
+        return False
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            self._drop(pending)
+
+    def _drop(self, pending: _Pending) -> None:
+        self._pending.pop(pending.sock.fileno(), None)
+        pending.sock.close()
 
     def close(self) -> None:
-        """Close the socket, and remove its file for a Unix socket."""
+        """Close the socket (and any unfinished handshakes); remove a Unix socket's file."""
         sock, self._socket = self._socket, None
+        for pending in list(self._pending.values()):
+            self._drop(pending)
         if sock is not None:
             try:
                 sock.close()
@@ -140,15 +321,74 @@ class Listener:
                     unlink()
 
 
-def Client(address: Any, family: str | None = None, authkey: bytes | None = None) -> Connection:
-    """Connect to the Listener at ``address`` and, with an authkey, authenticate."""
+def Client(
+    address: Any,
+    family: str | None = None,
+    authkey: bytes | None = None,
+    *,
+    timeout: float | None = None,
+    handshake_timeout: float | None = CLIENT_HANDSHAKE_TIMEOUT,
+    max_message_size: int | None = None,
+) -> Connection:
+    """Connect to the Listener at ``address`` and, with an authkey, authenticate.
+
+    With a ``timeout`` (seconds), connecting and authenticating together take
+    at most that long, and a listener that is not up yet is retried until
+    then; expiry raises TimeoutError. The handshake alone is also bounded by
+    ``handshake_timeout`` (None: no limit); expiry raises HandshakeTimeout.
+    The Connection refuses messages over ``max_message_size`` bytes.
+    """
     family = family or address_type(address)
     validate_family(family)
     _check_authkey(authkey)
-    sock, address = open_socket(address, family)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    sock = _connect(address, family, deadline)
+    conn = Connection(sock.detach(), max_message_size=max_message_size)
+    if authkey is None:
+        return conn
+    if handshake_timeout is not None:
+        limit = time.monotonic() + handshake_timeout
+        deadline = limit if deadline is None else min(deadline, limit)
+    tcp = is_tcp(sock)
     try:
-        sock.connect(address)
+        if tcp:
+            set_nodelay(conn.fileno(), True)
+        run_handshake(conn, authkey, Role.CLIENT, deadline=deadline)
+    except TimeoutError as exc:
+        conn.close()
+        raise HandshakeTimeout(
+            f"the listener at {address!r} did not complete the authkey handshake in time "
+            "(is it busy, or does it use no authkey?)"
+        ) from exc
     except BaseException:
-        sock.close()
+        conn.close()
         raise
-    return _authenticated(sock, authkey, Role.CLIENT)
+    if tcp:
+        _restore_nagle_after_first_send(conn)
+    return conn
+
+
+def _connect(address: Any, family: str, deadline: float | None) -> socket.socket:
+    """A socket connected to ``address``; until ``deadline``, retry a listener not up yet."""
+    delay = 0.005
+    while True:
+        sock, target = open_socket(address, family)
+        try:
+            sock.settimeout(_remaining(deadline))
+            sock.connect(target)
+            sock.setblocking(True)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"connecting to {address!r} timed out") from exc
+            if deadline is None or exc.errno not in _RETRY_CONNECT:
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no listener at {address!r} in time: {exc}") from exc
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.1)
+        except BaseException:
+            sock.close()
+            raise
