@@ -56,10 +56,6 @@ def _check_authkey(authkey: object) -> None:
         raise TypeError("authkey should be a byte string")
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
 def _poll_ms(deadline: float | None) -> int | None:
     return None if deadline is None else max(0, math.ceil((deadline - time.monotonic()) * 1000))
 
@@ -374,7 +370,8 @@ def _connect(address: Any, family: str, deadline: float | None) -> socket.socket
     while True:
         sock, target = open_socket(address, family)
         try:
-            sock.settimeout(_remaining(deadline))
+            # A zero timeout would make the socket non-blocking: keep it positive.
+            sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
             sock.connect(target)
             sock.setblocking(True)
             return sock
