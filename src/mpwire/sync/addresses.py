@@ -22,6 +22,7 @@ __all__ = [
     "families",
     "is_abstract",
     "is_tcp",
+    "listening_socket",
     "open_socket",
     "set_nodelay",
     "validate_family",
@@ -78,6 +79,30 @@ def open_socket(address: Any, family: str) -> tuple[socket.socket, Any]:
     # non-blocking, and the Connection reads it directly.
     sock.setblocking(True)
     return sock, address
+
+
+def listening_socket(address: Any, family: str | None, backlog: int) -> tuple[socket.socket, Any]:
+    """A bound, listening, non-blocking socket, and the address it is bound to.
+
+    ``address`` None picks a fresh one of ``family`` (default: a Unix socket).
+    An IPv6 address is given as ``(host, port)``, as the caller wrote it.
+    """
+    family = family or (address and address_type(address)) or default_family
+    validate_family(family)
+    address = address or arbitrary_address(family)
+    sock, address = open_socket(address, family)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        bound = sock.getsockname()
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    if sock.family == socket.AF_INET6 and bound[3] == 0:
+        bound = bound[:2]
+    return sock, bound
 
 
 def is_tcp(sock: socket.socket) -> bool:

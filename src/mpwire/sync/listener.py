@@ -24,10 +24,9 @@ from ..exceptions import HandshakeTimeout
 from ..protocol.handshake import FramedHandshake, Role
 from .addresses import (
     address_type,
-    arbitrary_address,
-    default_family,
     is_abstract,
     is_tcp,
+    listening_socket,
     open_socket,
     set_nodelay,
     validate_family,
@@ -107,25 +106,10 @@ class Listener:
         handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
         max_message_size: int | None = None,
     ) -> None:
-        family = family or (address and address_type(address)) or default_family
-        validate_family(family)
         _check_authkey(authkey)
-        address = address or arbitrary_address(family)
-        sock, address = open_socket(address, family)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(backlog)
-            bound = sock.getsockname()
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        if sock.family == socket.AF_INET6 and bound[3] == 0:
-            bound = bound[:2]
+        sock, bound = listening_socket(address, family, backlog)
         self._socket: socket.socket | None = sock
         self._address = bound
-        self._family = family
         self._authkey = authkey
         self._handshake_timeout = handshake_timeout
         self._max_message_size = max_message_size
@@ -133,8 +117,8 @@ class Listener:
         self._pending: dict[int, _Pending] = {}
         self._paused_at = time.monotonic()
         self._unlink: util.Finalize | None = None
-        if family == "AF_UNIX" and not is_abstract(address):
-            self._unlink = util.Finalize(self, os.unlink, args=(address,), exitpriority=0)
+        if sock.family == socket.AF_UNIX and not is_abstract(bound):
+            self._unlink = util.Finalize(self, os.unlink, args=(bound,), exitpriority=0)
 
     def __enter__(self) -> Self:
         return self
