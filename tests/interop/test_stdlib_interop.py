@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import array
 import ast
+import asyncio
 import contextlib
 import importlib.util
 import json
@@ -38,6 +39,7 @@ from typing import Any
 import pytest
 
 import mpwire
+import mpwire.asyncio
 
 PEER_SCRIPT = Path(__file__).with_name("peer.py")
 PEER_LIFETIME = 60
@@ -498,3 +500,136 @@ def test_wrong_key_stdlib_listener(peer_python: Any, family: str, socket_path: s
 
 def test_authentication_error_is_the_stdlib_class() -> None:
     assert mpwire.AuthenticationError is multiprocessing.AuthenticationError
+
+
+# -- the asyncio front end ---------------------------------------------------------
+#
+# The same sessions, with mpwire's end an AsyncConnection on an event loop in
+# another thread, driven through a blocking facade.
+
+CALL_TIMEOUT = 60.0
+
+
+class Blocking:
+    """Calls an AsyncConnection's coroutines from this thread, on ``loop``."""
+
+    def __init__(self, conn: mpwire.asyncio.AsyncConnection, loop: asyncio.AbstractEventLoop):
+        self._conn = conn
+        self._loop = loop
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(CALL_TIMEOUT)
+
+    def send(self, obj: Any) -> None:
+        self._call(self._conn.send(obj))
+
+    def send_bytes(self, buf: Any, offset: int = 0, size: int | None = None) -> None:
+        self._call(self._conn.send_bytes(buf, offset, size))
+
+    def recv(self) -> Any:
+        return self._call(self._conn.recv())
+
+    def recv_bytes(self) -> bytes:
+        return self._call(self._conn.recv_bytes())  # type: ignore[no-any-return]
+
+    def recv_bytes_into(self, buf: Any, offset: int = 0) -> int:
+        return self._call(self._conn.recv_bytes_into(buf, offset))  # type: ignore[no-any-return]
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._call(self._conn.aclose())
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in a thread of its own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        yield loop
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def run(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(CALL_TIMEOUT)
+
+
+@pytest.mark.parametrize("authkey", AUTH_MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_asyncio_listener_stdlib_client(
+    peer_python: Any,
+    family: str,
+    authkey: bytes | None,
+    socket_path: str,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    async def listen() -> mpwire.asyncio.Listener:
+        return mpwire.asyncio.Listener(listen_address(family, socket_path), authkey=authkey)
+
+    listener = run(loop, listen())
+    try:
+        address = json.dumps(listener.address)
+        with start_peer(peer_python, "connect", family, authkey, address=address) as peer:
+            with Blocking(run(loop, listener.accept(timeout=LINE_TIMEOUT)), loop) as conn:
+                session = Session(conn, peer_python)  # type: ignore[arg-type]
+                session.run()
+            handshake = expected_handshake(peer_python, peer_listens=False) if authkey else []
+            check_result(peer, "ok", handshake, commands=session.commands)
+    finally:
+        loop.call_soon_threadsafe(listener.close)
+
+
+@pytest.mark.parametrize("authkey", AUTH_MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stdlib_listener_asyncio_client(
+    peer_python: Any,
+    family: str,
+    authkey: bytes | None,
+    socket_path: str,
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    path = {"path": socket_path} if family == "unix" else {}
+    with start_peer(peer_python, "listen", family, authkey, **path) as peer:
+        connecting = mpwire.asyncio.connect(peer.listening_address(), authkey=authkey)
+        with Blocking(run(loop, connecting), loop) as conn:
+            session = Session(conn, peer_python)  # type: ignore[arg-type]
+            session.run()
+        handshake = expected_handshake(peer_python, peer_listens=True) if authkey else []
+        check_result(peer, "ok", handshake, commands=session.commands)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_wrong_key_asyncio_listener(
+    peer_python: Any, family: str, socket_path: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    async def listen() -> mpwire.asyncio.Listener:
+        return mpwire.asyncio.Listener(listen_address(family, socket_path), authkey=AUTHKEY)
+
+    listener = run(loop, listen())
+    try:
+        address = json.dumps(listener.address)
+        with start_peer(peer_python, "connect", family, WRONG_AUTHKEY, address=address) as peer:
+            with pytest.raises(multiprocessing.AuthenticationError):
+                run(loop, listener.accept(timeout=LINE_TIMEOUT))
+            result = peer.result()
+            assert result["outcome"] == "AuthenticationError", result
+    finally:
+        loop.call_soon_threadsafe(listener.close)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_wrong_key_stdlib_listener_asyncio_client(
+    peer_python: Any, family: str, socket_path: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    path = {"path": socket_path} if family == "unix" else {}
+    with start_peer(peer_python, "listen", family, AUTHKEY, **path) as peer:
+        with pytest.raises(multiprocessing.AuthenticationError):
+            run(loop, mpwire.asyncio.connect(peer.listening_address(), authkey=WRONG_AUTHKEY))
+        result = peer.result()
+        assert result["outcome"] == "AuthenticationError", result

@@ -7,6 +7,7 @@ length (CPython 3.8 and later read and write this form).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import struct
@@ -299,9 +300,12 @@ class FrameDecoder:
         return sink.getvalue()
 
     def _release_lease(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            # uvloop still holds the buffer during buffer_updated(); then the
+            # lease is released when it lets go.
+            with contextlib.suppress(BufferError):
+                lease.release()
 
 
 class PayloadReader:

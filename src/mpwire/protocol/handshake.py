@@ -254,6 +254,15 @@ class FramedHandshake:
         self._decoder.feed(data)
         self._take_frames()
 
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Memory for the next received bytes (asyncio's BufferedProtocol contract)."""
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Take the ``nbytes`` bytes written at the start of the last buffer."""
+        self._decoder.buffer_updated(nbytes)
+        self._take_frames()
+
     def _take_frames(self) -> None:
         while not self.done and self.error is None:
             try:

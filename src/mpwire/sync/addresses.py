@@ -7,6 +7,7 @@ with a NUL byte is a Linux abstract socket.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import tempfile
@@ -16,6 +17,7 @@ from typing import Any
 __all__ = [
     "BUFSIZE",
     "CONNECTION_TIMEOUT",
+    "RETRY_CONNECT",
     "address_type",
     "arbitrary_address",
     "default_family",
@@ -25,8 +27,12 @@ __all__ = [
     "listening_socket",
     "open_socket",
     "set_nodelay",
+    "unlink_on_close",
     "validate_family",
 ]
+
+RETRY_CONNECT = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
+"""connect() errors meaning the listener is not up (yet): a connect timeout retries them."""
 
 BUFSIZE = 8192
 CONNECTION_TIMEOUT = 20.0
@@ -103,6 +109,13 @@ def listening_socket(address: Any, family: str | None, backlog: int) -> tuple[so
     if sock.family == socket.AF_INET6 and bound[3] == 0:
         bound = bound[:2]
     return sock, bound
+
+
+def unlink_on_close(owner: object, sock: socket.socket, bound: Any) -> util.Finalize | None:
+    """Remove a Unix socket's file when ``owner`` is closed (call the result) or at exit."""
+    if sock.family != socket.AF_UNIX or is_abstract(bound):
+        return None
+    return util.Finalize(owner, os.unlink, args=(bound,), exitpriority=0)
 
 
 def is_tcp(sock: socket.socket) -> bool:

@@ -9,26 +9,24 @@ seconds is dropped.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import select
 import socket
 import time
 from functools import partial
-from multiprocessing import util
 from types import TracebackType
 from typing import Any, Self
 
 from ..exceptions import HandshakeTimeout
 from ..protocol.handshake import FramedHandshake, Role
 from .addresses import (
+    RETRY_CONNECT,
     address_type,
-    is_abstract,
     is_tcp,
     listening_socket,
     open_socket,
     set_nodelay,
+    unlink_on_close,
     validate_family,
 )
 from .auth import run_handshake
@@ -46,11 +44,9 @@ Longer than the listener's: a busy listener may call accept() late. A listener
 without an authkey never sends a challenge, so this is how that mistake ends.
 """
 
-_RETRY_CONNECT = (errno.ECONNREFUSED, errno.ENOENT, errno.EAGAIN)
-"""connect() errors meaning the listener is not up (yet): Client(timeout=) retries them."""
 
-
-def _check_authkey(authkey: object) -> None:
+def check_authkey(authkey: object) -> None:
+    """TypeError unless ``authkey`` is bytes or None, as the stdlib checks it."""
     if authkey is not None and not isinstance(authkey, bytes):
         raise TypeError("authkey should be a byte string")
 
@@ -106,7 +102,7 @@ class Listener:
         handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
         max_message_size: int | None = None,
     ) -> None:
-        _check_authkey(authkey)
+        check_authkey(authkey)
         sock, bound = listening_socket(address, family, backlog)
         self._socket: socket.socket | None = sock
         self._address = bound
@@ -116,9 +112,7 @@ class Listener:
         self._last_accepted: Any = None
         self._pending: dict[int, _Pending] = {}
         self._paused_at = time.monotonic()
-        self._unlink: util.Finalize | None = None
-        if sock.family == socket.AF_UNIX and not is_abstract(bound):
-            self._unlink = util.Finalize(self, os.unlink, args=(bound,), exitpriority=0)
+        self._unlink = unlink_on_close(self, sock, bound)
 
     def __enter__(self) -> Self:
         return self
@@ -320,7 +314,7 @@ def Client(
     """
     family = family or address_type(address)
     validate_family(family)
-    _check_authkey(authkey)
+    check_authkey(authkey)
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = _connect(address, family, deadline)
     conn = Connection(sock.detach(), max_message_size=max_message_size)
@@ -363,7 +357,7 @@ def _connect(address: Any, family: str, deadline: float | None) -> socket.socket
             sock.close()
             if isinstance(exc, TimeoutError):
                 raise TimeoutError(f"connecting to {address!r} timed out") from exc
-            if deadline is None or exc.errno not in _RETRY_CONNECT:
+            if deadline is None or exc.errno not in RETRY_CONNECT:
                 raise
             left = deadline - time.monotonic()
             if left <= 0:
