@@ -10,7 +10,9 @@ from .exceptions import (
     BufferTooShort,
     FrameError,
     HandshakeTimeout,
+    InsecureListenerWarning,
     MessageTooLong,
+    TLSError,
 )
 from .sync import (
     Client,
@@ -31,9 +33,11 @@ __all__ = [
     "Connection",
     "FrameError",
     "HandshakeTimeout",
+    "InsecureListenerWarning",
     "Listener",
     "MessageTooLong",
     "Pipe",
+    "TLSError",
     "answer_challenge",
     "connection",
     "deliver_challenge",

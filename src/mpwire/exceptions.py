@@ -5,6 +5,9 @@ existing ``except`` clauses keep working, and subclasses of them (or of
 ``OSError``, as the stdlib does for framing faults) for the new cases.
 """
 
+from __future__ import annotations
+
+import ssl
 from multiprocessing import AuthenticationError, BufferTooShort
 
 __all__ = [
@@ -12,7 +15,10 @@ __all__ = [
     "BufferTooShort",
     "FrameError",
     "HandshakeTimeout",
+    "InsecureListenerWarning",
     "MessageTooLong",
+    "TLSError",
+    "tls_problem",
 ]
 
 
@@ -39,3 +45,31 @@ class HandshakeTimeout(TimeoutError, AuthenticationError):
     Both a TimeoutError and an AuthenticationError, so either ``except``
     clause catches it. A peer that uses no authkey at all ends this way.
     """
+
+    @classmethod
+    def from_listener(cls, address: object) -> HandshakeTimeout:
+        return cls(
+            f"the listener at {address!r} did not complete the authkey handshake in time "
+            "(is it busy, or does it use no authkey?)"
+        )
+
+
+class InsecureListenerWarning(UserWarning):
+    """A listener anyone on the network can reach, with nothing to keep them out.
+
+    Warned when a TCP Listener binds an address other than loopback with no
+    authkey: every peer that connects can send pickles, which run code here.
+    """
+
+
+class TLSError(OSError):
+    """The TLS handshake failed; the message names the problem (a bad certificate, say)."""
+
+
+def tls_problem(exc: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in words: the certificate check's verdict if any."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if exc.reason:  # OpenSSL's name for it, e.g. PEER_DID_NOT_RETURN_A_CERTIFICATE
+        return str(exc.reason).replace("_", " ").lower()
+    return str(exc)

@@ -1,25 +1,43 @@
-"""Object serialization for ``send()`` and ``recv()``.
+"""Object serialization for ``send()`` and ``recv()``, chosen with ``serializer=``.
 
-Objects are pickled as multiprocessing pickles them: with the reducers
+``"pickle"`` (the default) pickles as multiprocessing does: with the reducers
 registered on ``multiprocessing.reduction.ForkingPickler`` (connections,
 sockets, and whatever users register), so a Connection can travel inside a
 message. Protocol 5 (every CPython since 3.8 reads it) writes large buffers
 such as numpy arrays without the extra copy that protocol 4 makes.
 
-Unpickling data from a peer runs code of the peer's choosing: only use
-``send()``/``recv()`` with peers you trust.
+Unpickling data from a peer runs code of the peer's choosing: plain pickle
+from a peer you do not trust is remote code execution. ``"restricted-pickle"``
+rebuilds only an allowlist of types and refuses every other global;
+``"json"`` and ``"msgpack"`` carry plain data only. Any object with
+``dumps(obj)`` and ``loads(data)`` is a serializer too.
 """
 
 from __future__ import annotations
 
+import builtins
 import copyreg
 import io
+import json
 import pickle
 from collections import ChainMap
+from collections.abc import Iterable
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["PROTOCOL", "dumps", "loads"]
+__all__ = [
+    "JSON",
+    "PICKLE",
+    "PROTOCOL",
+    "JsonSerializer",
+    "MsgpackSerializer",
+    "PickleSerializer",
+    "RestrictedPickle",
+    "Serializer",
+    "dumps",
+    "get_serializer",
+    "loads",
+]
 
 PROTOCOL = 5
 
@@ -42,3 +60,161 @@ def dumps(obj: Any) -> memoryview:
 
 loads = pickle.loads
 """Unpickle one message."""
+
+
+class Serializer(Protocol):
+    """What ``serializer=`` takes: turns objects into message bytes and back."""
+
+    def dumps(self, obj: Any) -> bytes | bytearray | memoryview: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class PickleSerializer:
+    """Pickle, exactly as the stdlib's ``send()``/``recv()`` (the default)."""
+
+    name = "pickle"
+
+    def dumps(self, obj: Any) -> memoryview:
+        return dumps(obj)
+
+    def loads(self, data: bytes) -> Any:
+        return loads(data)
+
+    def unpickler(self, file: Any) -> pickle.Unpickler:
+        """An unpickler reading ``file``, for messages unpickled as they arrive."""
+        return pickle.Unpickler(file)
+
+    def __reduce__(self) -> str:
+        return "PICKLE"
+
+
+PICKLE = PickleSerializer()
+
+_SAFE_BUILTINS = frozenset(
+    {"bool", "bytearray", "bytes", "complex", "dict", "float", "frozenset", "int", "list"}
+    | {"range", "set", "slice", "str", "tuple"}
+)
+_NUMPY_GLOBALS = frozenset(
+    (module, name)
+    for core in ("numpy.core", "numpy._core")
+    for module, name in (
+        (f"{core}.multiarray", "_reconstruct"),
+        (f"{core}.multiarray", "scalar"),
+        (f"{core}.numeric", "_frombuffer"),
+    )
+) | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+
+class RestrictedPickle(PickleSerializer):
+    """Pickle that rebuilds only allowed types and refuses any other global.
+
+    Allowed by default: the builtin scalars and containers (they need no
+    global at all, or only ``builtins.set`` and the like), plus numpy arrays
+    and dtypes when ``numpy`` is true (object arrays' elements are checked
+    like everything else). ``allow`` adds classes (or functions) of your own,
+    given as objects or as ``"module.qualname"`` strings. Anything else raises
+    ``pickle.UnpicklingError`` naming the refused global, before it is looked up.
+    """
+
+    name = "restricted-pickle"
+
+    def __init__(self, allow: Iterable[object | str] = (), *, numpy: bool = True) -> None:
+        allowed = {("builtins", name) for name in _SAFE_BUILTINS}
+        if numpy:
+            allowed |= _NUMPY_GLOBALS
+        for entry in allow:
+            if isinstance(entry, str):
+                module, _, name = entry.rpartition(".")
+            else:
+                module, name = entry.__module__, entry.__qualname__  # type: ignore[attr-defined]
+            allowed.add((module, name))
+        self.allowed = frozenset(allowed)
+
+    def loads(self, data: bytes) -> Any:
+        return self.unpickler(io.BytesIO(data)).load()
+
+    def unpickler(self, file: Any) -> pickle.Unpickler:
+        return _RestrictedUnpickler(file, self.allowed)
+
+    def __reduce__(self) -> Any:
+        allow = [f"{module}.{name}" for module, name in sorted(self.allowed)]
+        return _restricted, (allow,)
+
+
+def _restricted(allow: list[str]) -> RestrictedPickle:
+    return RestrictedPickle(allow, numpy=False)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, allowed: frozenset[tuple[str, str]]) -> None:
+        super().__init__(file)
+        self._allowed = allowed
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self._allowed:
+            raise pickle.UnpicklingError(
+                f"refused to unpickle {module}.{name}: not an allowed type "
+                "(pass it in RestrictedPickle(allow=[...]) if you trust it)"
+            )
+        if module == "builtins":
+            return getattr(builtins, name)
+        return super().find_class(module, name)
+
+
+class JsonSerializer:
+    """JSON text in UTF-8: plain data only (dicts, lists, str, numbers, bools, None)."""
+
+    name = "json"
+
+    def dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+JSON = JsonSerializer()
+
+
+class MsgpackSerializer:
+    """MessagePack (the ``msgpack`` extra): plain data, bytes kept apart from str."""
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgpack  # type: ignore[import-not-found,import-untyped,unused-ignore]
+        except ImportError:
+            raise ImportError(
+                "serializer='msgpack' needs the msgpack package: pip install 'mpwire[msgpack]'"
+            ) from None
+        self._packb = msgpack.packb
+        self._unpackb = msgpack.unpackb
+
+    def dumps(self, obj: Any) -> bytes:
+        return self._packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def loads(self, data: bytes) -> Any:
+        return self._unpackb(data, raw=False)
+
+    def __reduce__(self) -> Any:
+        return MsgpackSerializer, ()
+
+
+def get_serializer(spec: str | Serializer | None) -> Serializer:
+    """The serializer that ``serializer=spec`` names (None: pickle)."""
+    if spec is None or spec == "pickle":
+        return PICKLE
+    if spec == "restricted-pickle":
+        return RestrictedPickle()
+    if spec == "json":
+        return JSON
+    if spec == "msgpack":
+        return MsgpackSerializer()
+    if isinstance(spec, str) or not (hasattr(spec, "dumps") and hasattr(spec, "loads")):
+        raise ValueError(
+            f"unknown serializer {spec!r}: use 'pickle', 'restricted-pickle', 'json', "
+            "'msgpack', or an object with dumps() and loads()"
+        )
+    return spec

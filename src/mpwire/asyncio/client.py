@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl as ssl_module
 from typing import Any
 
-from ..exceptions import HandshakeTimeout
+from ..exceptions import HandshakeTimeout, TLSError, tls_problem
 from ..protocol.handshake import FramedHandshake, Role
+from ..serialize import Serializer
 from ..sync.addresses import RETRY_CONNECT, address_type, open_socket, validate_family
 from ..sync.listener import CLIENT_HANDSHAKE_TIMEOUT, check_authkey
 from .connection import AsyncConnection, FrameProtocol
@@ -24,12 +26,20 @@ async def connect(
     timeout: float | None = None,
     handshake_timeout: float | None = CLIENT_HANDSHAKE_TIMEOUT,
     max_message_size: int | None = None,
+    serializer: str | Serializer | None = None,
+    digest: str = "sha256",
+    allow_legacy_auth: bool = True,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncConnection:
     """Connect to the listener at ``address`` (stdlib or mpwire) and, with a key, authenticate.
 
     The options mean what they mean for the blocking ``Client``: ``timeout``
     bounds connecting and authenticating and retries a listener not up yet;
-    ``handshake_timeout`` bounds the handshake alone (HandshakeTimeout).
+    ``handshake_timeout`` bounds the handshake alone (HandshakeTimeout);
+    ``max_message_size``, ``serializer``, ``digest`` and ``allow_legacy_auth``
+    as for the blocking Client; ``ssl`` (an SSLContext) runs it all inside TLS,
+    checking the server's certificate for ``server_hostname`` (default: the host).
     """
     family = family or address_type(address)
     validate_family(family)
@@ -38,10 +48,12 @@ async def connect(
     deadline = None if timeout is None else loop.time() + timeout
     async with asyncio.timeout_at(deadline):
         sock = await _connect_socket(address, family, retry=timeout is not None)
-        handshake = None if authkey is None else FramedHandshake(authkey, Role.CLIENT)
-        _, protocol = await loop.connect_accepted_socket(
-            lambda: FrameProtocol(max_message_size, handshake), sock
-        )
+        handshake = None
+        if authkey is not None:
+            handshake = FramedHandshake(
+                authkey, Role.CLIENT, digest=digest, allow_legacy=allow_legacy_auth
+            )
+        protocol = await _open(sock, address, handshake, max_message_size, ssl, server_hostname)
     if handshake_timeout is not None:
         limit = loop.time() + handshake_timeout
         deadline = limit if deadline is None else min(deadline, limit)
@@ -50,14 +62,37 @@ async def connect(
             await protocol.authenticated
     except TimeoutError as exc:
         protocol.abort()
-        raise HandshakeTimeout(
-            f"the listener at {address!r} did not complete the authkey handshake in time "
-            "(is it busy, or does it use no authkey?)"
-        ) from exc
+        raise HandshakeTimeout.from_listener(address) from exc
     except BaseException:
         protocol.abort()
         raise
-    return AsyncConnection(protocol)
+    return AsyncConnection(protocol, serializer=serializer)
+
+
+async def _open(
+    sock: socket.socket,
+    address: Any,
+    handshake: FramedHandshake | None,
+    max_message_size: int | None,
+    context: ssl_module.SSLContext | None,
+    server_hostname: str | None,
+) -> FrameProtocol:
+    """Start the transport over a connected socket: plain, or after the TLS handshake."""
+    loop = asyncio.get_running_loop()
+
+    def protocol() -> FrameProtocol:
+        return FrameProtocol(max_message_size, handshake)
+
+    if context is None:
+        return (await loop.connect_accepted_socket(protocol, sock))[1]
+    if server_hostname is None and isinstance(address, tuple):
+        server_hostname = address[0]
+    start = loop.create_unix_connection if sock.family == socket.AF_UNIX else loop.create_connection
+    try:
+        _, opened = await start(protocol, sock=sock, ssl=context, server_hostname=server_hostname)
+    except ssl_module.SSLError as exc:
+        raise TLSError(f"TLS handshake with {address!r} failed: {tls_problem(exc)}") from exc
+    return opened
 
 
 async def _connect_socket(address: Any, family: str, retry: bool) -> socket.socket:
@@ -90,7 +125,16 @@ async def _connect_socket(address: Any, family: str, retry: bool) -> socket.sock
         delay = min(delay * 2, 0.1)
 
 
-async def wrap(conn: Any, *, max_message_size: int | None = None) -> AsyncConnection:
+async def wrap(
+    conn: Any,
+    *,
+    max_message_size: int | None = None,
+    serializer: str | Serializer | None = None,
+    digest: str = "sha256",
+    allow_legacy_auth: bool = True,
+    ssl: ssl_module.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> AsyncConnection:
     """An AsyncConnection on the running loop for a blocking mpwire or stdlib Connection.
 
     Takes the connection over: ``conn`` is closed, and its fd (with any bytes
@@ -120,4 +164,4 @@ async def wrap(conn: Any, *, max_message_size: int | None = None) -> AsyncConnec
         else:
             await loop.connect_write_pipe(lambda: protocol, pipe)
     protocol.data_received(pending)
-    return AsyncConnection(protocol, readable, writable)
+    return AsyncConnection(protocol, readable, writable, serializer=serializer)

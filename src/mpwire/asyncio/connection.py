@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import pickle
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
-from .. import serialize
 from ..exceptions import BufferTooShort, FrameError, MessageTooLong
 from ..protocol.frames import FrameDecoder, encode_header
 from ..protocol.handshake import FramedHandshake
+from ..serialize import Serializer, get_serializer
 
 __all__ = ["AsyncConnection", "FrameProtocol"]
 
@@ -221,8 +220,16 @@ class AsyncConnection:
     takes a ``timeout`` (seconds) and raises TimeoutError when it expires.
     """
 
-    def __init__(self, protocol: FrameProtocol, readable: bool = True, writable: bool = True):
+    def __init__(
+        self,
+        protocol: FrameProtocol,
+        readable: bool = True,
+        writable: bool = True,
+        *,
+        serializer: str | Serializer | None = None,
+    ) -> None:
         self._protocol = protocol
+        self._serializer = get_serializer(serializer)
         self._readable = readable
         self._writable = writable
         self._receiving = asyncio.Lock()
@@ -321,10 +328,9 @@ class AsyncConnection:
         await self._drain(timeout)
 
     async def send(self, obj: Any, *, timeout: float | None = None) -> None:
-        """Send a (picklable) object."""
+        """Send an object (pickled, or as the connection's ``serializer`` says)."""
         self._check(writing=True)
-        with serialize.dumps(obj) as payload:
-            self._write(bytes(payload))
+        self._write(bytes(self._serializer.dumps(obj)))
         await self._drain(timeout)
 
     def _write(self, payload: bytes) -> None:
@@ -351,9 +357,9 @@ class AsyncConnection:
         return frame
 
     async def recv(self, *, timeout: float | None = None) -> Any:
-        """Receive a (pickled) object."""
+        """Receive an object (unpickled, or as the connection's ``serializer`` says)."""
         self._check(writing=False)
-        return pickle.loads(await self._next_frame(timeout))
+        return self._serializer.loads(await self._next_frame(timeout))
 
     async def recv_bytes_into(
         self, buf: Any, offset: int = 0, *, timeout: float | None = None

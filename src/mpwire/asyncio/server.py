@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self
 
 from ..exceptions import AuthenticationError
 from ..protocol.handshake import FramedHandshake, Role
+from ..serialize import Serializer, get_serializer
 from ..sync.addresses import listening_socket, unlink_on_close
 from ..sync.listener import HANDSHAKE_TIMEOUT, check_authkey
 from .connection import AsyncConnection, FrameProtocol
@@ -43,13 +45,21 @@ class Listener:
         *,
         handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
         max_message_size: int | None = None,
+        serializer: str | Serializer | None = None,
+        digest: str = "sha256",
+        allow_legacy_auth: bool = True,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         check_authkey(authkey)
-        self._socket, self._address = listening_socket(address, family, backlog)
+        self._socket, self._address = listening_socket(address, family, backlog, authkey, ssl)
+        self._ssl = ssl
         self._unlink = unlink_on_close(self, self._socket, self._address)
         self._authkey = authkey
         self._handshake_timeout = handshake_timeout
+        self._digest = digest
+        self._allow_legacy = allow_legacy_auth
         self._max_message_size = max_message_size
+        self._serializer = get_serializer(serializer)
         self._server: asyncio.AbstractServer | None = None
         self._accepted: asyncio.Queue[AsyncConnection | BaseException] = asyncio.Queue()
         self._handshaking: set[FrameProtocol] = set()
@@ -81,9 +91,10 @@ class Listener:
             return
         loop = asyncio.get_running_loop()
         if self._socket.family == socket.AF_UNIX:
-            self._server = await loop.create_unix_server(self._protocol, sock=self._socket)
+            start = loop.create_unix_server
         else:
-            self._server = await loop.create_server(self._protocol, sock=self._socket)
+            start = loop.create_server  # type: ignore[assignment]
+        self._server = await start(self._protocol, sock=self._socket, ssl=self._ssl)
 
     async def accept(self, timeout: float | None = None) -> AsyncConnection:
         """The next client that connected (and proved the key)."""
@@ -118,7 +129,9 @@ class Listener:
         """A new client: start its handshake, and hand it on once it is done."""
         handshake = None
         if self._authkey is not None:
-            handshake = FramedHandshake(self._authkey, Role.LISTENER)
+            handshake = FramedHandshake(
+                self._authkey, Role.LISTENER, digest=self._digest, allow_legacy=self._allow_legacy
+            )
         protocol = FrameProtocol(self._max_message_size, handshake)
         self._handshaking.add(protocol)
         asyncio.get_running_loop().create_task(self._authenticate(protocol))
@@ -133,7 +146,7 @@ class Listener:
         except (OSError, EOFError):
             protocol.abort()  # out of time, or hung up: drop it
         else:
-            self._accepted.put_nowait(AsyncConnection(protocol))
+            self._accepted.put_nowait(AsyncConnection(protocol, serializer=self._serializer))
         finally:
             self._handshaking.discard(protocol)
 
@@ -206,6 +219,10 @@ async def serve(
     authkey: bytes | None = None,
     handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
     max_message_size: int | None = None,
+    serializer: str | Serializer | None = None,
+    digest: str = "sha256",
+    allow_legacy_auth: bool = True,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> Server:
     """Listen at ``address`` and run ``await handler(conn)`` for each authenticated client.
 
@@ -219,6 +236,10 @@ async def serve(
         authkey,
         handshake_timeout=handshake_timeout,
         max_message_size=max_message_size,
+        serializer=serializer,
+        digest=digest,
+        allow_legacy_auth=allow_legacy_auth,
+        ssl=ssl,
     )
     await listener.start()
     return Server(listener, handler)

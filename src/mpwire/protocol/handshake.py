@@ -52,7 +52,11 @@ MAX_HANDSHAKE_MESSAGE: Final = 256
 
 _MD5_DIGEST_LENGTH: Final = 16
 _LEGACY_LENGTHS: Final = (LEGACY_MESSAGE_LENGTH, _MD5_DIGEST_LENGTH)
-ALLOWED_DIGESTS: Final = frozenset({b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384"})
+ALLOWED_DIGESTS: Final = frozenset(
+    {b"md5", b"sha256", b"sha384", b"sha3_256", b"sha3_384", b"sha512", b"blake2b"}
+)
+"""CPython's set, plus sha512 and blake2b (which only mpwire peers answer)."""
+_LEGACY_DIGESTS: Final = ("", "md5")
 _MAX_DIGEST_NAME: Final = max(len(name) for name in ALLOWED_DIGESTS)
 
 
@@ -82,13 +86,18 @@ def create_response(authkey: bytes, message: bytes) -> bytes:
     return b"{%s}%s" % (digest.encode("ascii"), mac)
 
 
-def verify_response(authkey: bytes, message: bytes, response: bytes) -> None:
+def verify_response(
+    authkey: bytes, message: bytes, response: bytes, *, allow_legacy: bool = True
+) -> None:
     """Check an answer to our challenge ``message``, in constant time.
 
     The answerer may pick any allowed digest; an unprefixed answer is legacy
-    HMAC-MD5. Raises AuthenticationError when the answer is wrong.
+    HMAC-MD5 (refused unless ``allow_legacy``). Raises AuthenticationError
+    when the answer is wrong.
     """
     digest, mac = split_digest(response)
+    if not allow_legacy and digest in _LEGACY_DIGESTS:
+        raise AuthenticationError("legacy HMAC-MD5 answer refused (allow_legacy_auth=False)")
     digest = digest or "md5"
     try:
         expected = hmac.digest(authkey, message, digest)
@@ -131,7 +140,10 @@ class Handshake:
             handshake.receive(recv())
 
     A failed check queues ``#FAILURE#`` for the peer before it fails, so the
-    driver sends it and then raises, as the stdlib does.
+    driver sends it and then raises, as the stdlib does. ``digest`` names the
+    HMAC our challenges ask for; without ``allow_legacy``, unprefixed
+    (HMAC-MD5) challenges and answers are refused, so a peer or a meddler
+    cannot downgrade a modern pair.
     """
 
     def __init__(
@@ -140,6 +152,7 @@ class Handshake:
         role: Role,
         *,
         digest: str = "sha256",
+        allow_legacy: bool = True,
         urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not isinstance(authkey, bytes):
@@ -148,6 +161,7 @@ class Handshake:
             raise ValueError(f"unsupported digest {digest!r}")
         self._authkey = authkey
         self._digest = digest
+        self._allow_legacy = allow_legacy
         self._urandom = urandom
         self._outgoing: list[bytes] = []
         self.error: AuthenticationError | None = None
@@ -195,7 +209,7 @@ class Handshake:
         self._outgoing.append(CHALLENGE + message)
         response = yield
         try:
-            verify_response(self._authkey, message, response)
+            verify_response(self._authkey, message, response, allow_legacy=self._allow_legacy)
         except AuthenticationError:
             self._outgoing.append(FAILURE)
             raise
@@ -208,6 +222,8 @@ class Handshake:
         message = message[len(CHALLENGE) :]
         if len(message) < LEGACY_MESSAGE_LENGTH:
             raise AuthenticationError(f"challenge too short: {len(message)} bytes")
+        if not self._allow_legacy and split_digest(message)[0] in _LEGACY_DIGESTS:
+            raise AuthenticationError("legacy challenge refused (allow_legacy_auth=False)")
         self._outgoing.append(create_response(self._authkey, message))
         if (yield) != WELCOME:
             raise AuthenticationError("digest sent was rejected")
@@ -223,8 +239,10 @@ class FramedHandshake:
     :meth:`leftover` for the connection's own decoder.
     """
 
-    def __init__(self, authkey: bytes, role: Role, *, digest: str = "sha256") -> None:
-        self._handshake = Handshake(authkey, role, digest=digest)
+    def __init__(
+        self, authkey: bytes, role: Role, *, digest: str = "sha256", allow_legacy: bool = True
+    ) -> None:
+        self._handshake = Handshake(authkey, role, digest=digest, allow_legacy=allow_legacy)
         self._decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE)
         self._framing_error: AuthenticationError | None = None
 

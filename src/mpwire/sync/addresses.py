@@ -8,11 +8,16 @@ with a NUL byte is a Linux abstract socket.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import tempfile
+import warnings
 from multiprocessing import util
 from typing import Any
+
+from ..exceptions import InsecureListenerWarning
+from .tls import TLSSocket
 
 __all__ = [
     "BUFSIZE",
@@ -87,11 +92,15 @@ def open_socket(address: Any, family: str) -> tuple[socket.socket, Any]:
     return sock, address
 
 
-def listening_socket(address: Any, family: str | None, backlog: int) -> tuple[socket.socket, Any]:
+def listening_socket(
+    address: Any, family: str | None, backlog: int, authkey: bytes | None, tls: object = None
+) -> tuple[socket.socket, Any]:
     """A bound, listening, non-blocking socket, and the address it is bound to.
 
     ``address`` None picks a fresh one of ``family`` (default: a Unix socket).
     An IPv6 address is given as ``(host, port)``, as the caller wrote it.
+    Warns (InsecureListenerWarning) if anyone on the network can connect and
+    neither an ``authkey`` nor ``tls`` (an SSL context) keeps them out.
     """
     family = family or (address and address_type(address)) or default_family
     validate_family(family)
@@ -102,7 +111,8 @@ def listening_socket(address: Any, family: str | None, backlog: int) -> tuple[so
         sock.bind(address)
         sock.listen(backlog)
         bound = sock.getsockname()
-    except OSError:
+        _warn_if_exposed(sock, bound, authkey is not None or tls is not None)
+    except BaseException:
         sock.close()
         raise
     sock.setblocking(False)
@@ -118,7 +128,20 @@ def unlink_on_close(owner: object, sock: socket.socket, bound: Any) -> util.Fina
     return util.Finalize(owner, os.unlink, args=(bound,), exitpriority=0)
 
 
-def is_tcp(sock: socket.socket) -> bool:
+def _warn_if_exposed(sock: socket.socket, bound: Any, guarded: bool) -> None:
+    """Warn if a TCP listener outside loopback lets anyone in (no authkey, no TLS)."""
+    if guarded or not is_tcp(sock):
+        return
+    if not ipaddress.ip_address(bound[0].partition("%")[0]).is_loopback:
+        warnings.warn(
+            f"listening on {bound[0]!r} (not loopback) with no authkey or TLS: anyone who "
+            "can reach this address can send pickles, which run code in this process",
+            InsecureListenerWarning,
+            stacklevel=4,
+        )
+
+
+def is_tcp(sock: socket.socket | TLSSocket) -> bool:
     """Whether ``sock`` is a TCP socket."""
     return sock.family in (socket.AF_INET, socket.AF_INET6)
 

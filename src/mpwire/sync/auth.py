@@ -21,13 +21,14 @@ def run_handshake(
     digest: str = "sha256",
     *,
     deadline: float | None = None,
+    allow_legacy: bool = True,
 ) -> None:
     """Authenticate ``connection`` in ``role``; raise AuthenticationError on failure.
 
     With a ``deadline`` (a ``time.monotonic()`` value; mpwire Connections
     only), a peer that is too slow makes it raise TimeoutError.
     """
-    handshake = Handshake(authkey, role, digest=digest)
+    handshake = Handshake(authkey, role, digest=digest, allow_legacy=allow_legacy)
     limits: dict[str, float] = {}
     while True:
         if deadline is not None:

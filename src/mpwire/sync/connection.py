@@ -18,7 +18,6 @@ import contextlib
 import io
 import math
 import os
-import pickle
 import select
 import socket
 import threading
@@ -28,7 +27,6 @@ from multiprocessing import reduction
 from types import TracebackType
 from typing import Any, Self, SupportsIndex
 
-from .. import serialize
 from ..exceptions import BufferTooShort, FrameError
 from ..protocol.frames import (
     FrameDecoder,
@@ -38,7 +36,8 @@ from ..protocol.frames import (
     encode_header,
     encode_short_header,
 )
-from ..serialize import loads
+from ..serialize import PICKLE, PickleSerializer, Serializer, get_serializer
+from .tls import TLSSocket
 
 __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
 
@@ -47,6 +46,9 @@ _CONCAT_LIMIT = 8192
 
 _NOSIGNAL = socket.MSG_NOSIGNAL
 """A peer that hung up is an EPIPE error, never a SIGPIPE that kills the process."""
+
+_TLS_RECORD = 16384
+"""The most plaintext one TLS record carries: what a timed TLS send writes at a time."""
 
 _Buffer = Any
 """Any object supporting the buffer protocol (bytes, bytearray, memoryview, array, numpy)."""
@@ -82,6 +84,8 @@ class Connection:
     send_bytes()/recv_bytes()/recv_bytes_into(). Messages longer than
     ``max_message_size`` bytes (None: no limit) are refused when they
     announce themselves, before any memory is set aside for them.
+    ``serializer`` picks how send()/recv() encode objects (see
+    :mod:`mpwire.serialize`; the default is pickle, as the stdlib).
     """
 
     _handle: int | None = None
@@ -93,12 +97,41 @@ class Connection:
         writable: bool = True,
         *,
         max_message_size: int | None = None,
+        serializer: str | Serializer | None = None,
     ) -> None:
         fd = handle.__index__()
         if fd < 0:
             raise ValueError("invalid handle")
         if not readable and not writable:
             raise ValueError("at least one of `readable` and `writable` must be True")
+        self._setup(fd, readable, writable, _socket_of(fd), max_message_size, serializer)
+
+    @classmethod
+    def from_socket(
+        cls,
+        sock: socket.socket | TLSSocket,
+        *,
+        max_message_size: int | None = None,
+        serializer: str | Serializer | None = None,
+    ) -> Self:
+        """A Connection over a connected, blocking socket object, which it takes over.
+
+        The socket may be a :class:`~mpwire.sync.tls.TLSSocket`: messages then
+        travel inside TLS.
+        """
+        conn = cls.__new__(cls)
+        conn._setup(sock.fileno(), True, True, sock, max_message_size, serializer)
+        return conn
+
+    def _setup(
+        self,
+        fd: int,
+        readable: bool,
+        writable: bool,
+        sock: socket.socket | TLSSocket | None,
+        max_message_size: int | None,
+        serializer: str | Serializer | None,
+    ) -> None:
         if max_message_size is not None and max_message_size < 0:
             raise ValueError("max_message_size is negative")
         # One sender and one receiver at a time; close() defers closing the
@@ -107,11 +140,16 @@ class Connection:
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._closing: int | None = None
-        self._sock = _socket_of(fd)
+        self._sock = sock
+        self._tls = isinstance(sock, TLSSocket)
+        self._send_flags = _NOSIGNAL
         self._handle = fd
         self._readable = readable
         self._writable = writable
         self._decoder = FrameDecoder(max_message_size)
+        self._serializer = get_serializer(serializer)
+        # Pickles can be unpickled as they arrive; other formats need the whole message.
+        self._streams = isinstance(self._serializer, PickleSerializer)
         self._readinto: ReadInto | None = None
         # The fd while open and writable, so one test guards the send path.
         self._write_fd = fd if writable else None
@@ -208,7 +246,12 @@ class Connection:
 
     def _reader(self) -> ReadInto:
         """The receive path's readinto, made on first use of an open, readable fd."""
-        self._readinto = io.FileIO(self._readable_fd(), "rb", closefd=False).readinto
+        fd = self._readable_fd()
+        if self._tls:
+            assert self._sock is not None
+            self._readinto = self._sock.recv_into
+        else:
+            self._readinto = io.FileIO(fd, "rb", closefd=False).readinto
         return self._readinto
 
     def _writable_fd(self) -> int:
@@ -254,12 +297,11 @@ class Connection:
         self._send_frame(m[offset : offset + size], timeout)
 
     def send(self, obj: Any, *, timeout: float | None = None) -> None:
-        """Send a (picklable) object; ``timeout`` as for send_bytes()."""
+        """Send an object (pickled, or as ``serializer`` says); ``timeout`` as for send_bytes()."""
         self._writable_fd()
-        with serialize.dumps(obj) as payload:
-            self._send_frame(payload, timeout)
+        self._send_frame(self._serializer.dumps(obj), timeout)
 
-    def _send_frame(self, payload: bytes | memoryview, timeout: float | None) -> None:
+    def _send_frame(self, payload: bytes | bytearray | memoryview, timeout: float | None) -> None:
         """Send one frame, whole: other senders wait, and a frame cut short closes."""
         lock = self._send_lock
         if timeout is None:
@@ -275,7 +317,7 @@ class Connection:
                 data = encode_short_header(size) + payload
                 if timeout is None and self._after_first_send is None:
                     sock = self._sock
-                    written = sock.send(data, _NOSIGNAL) if sock else os.write(fd, data)
+                    written = sock.send(data, self._send_flags) if sock else os.write(fd, data)
                     if written != len(data):
                         self._transmit(fd, [memoryview(data)[written:]], None, written)
                     return
@@ -314,6 +356,11 @@ class Connection:
     def _write_some(self, fd: int, parts: list[Any], deadline: float | None) -> int:
         """One vectored write; with a deadline, wait for room first instead of blocking."""
         sock = self._sock
+        if isinstance(sock, TLSSocket):
+            if deadline is not None:
+                _wait_for(fd, select.POLLOUT, deadline, "send")
+            with memoryview(parts[0]) as first, first.cast("B") as flat:
+                return sock.send(flat if deadline is None else flat[:_TLS_RECORD])
         if deadline is None:
             return sock.sendmsg(parts, (), _NOSIGNAL) if sock else os.writev(fd, parts)
         _wait_for(fd, select.POLLOUT, deadline, "send")
@@ -385,13 +432,13 @@ class Connection:
         try:
             readinto = self._readinto or self._reader()
             decoder = self._decoder
-            stream = load and timeout is None
+            stream = load and timeout is None and self._streams
             try:
                 frame = decoder.next_frame(maxlength, into, stream)
                 if frame is None:
                     deadline = None if timeout is None else time.monotonic() + timeout
                     while frame is None:
-                        if deadline is not None:
+                        if deadline is not None and not self._tls_buffered():
                             _wait_for(self._fd(), select.POLLIN, deadline, "recv")
                         if not decoder.fill(readinto):
                             raise decoder.eof_error()
@@ -406,7 +453,7 @@ class Connection:
                 return frame
             if isinstance(frame, LargeFrame):
                 return self._load_streamed(frame, readinto)
-            return loads(frame)  # type: ignore[arg-type]  # bytes: no `into` when loading
+            return self._serializer.loads(frame)  # type: ignore[arg-type]  # bytes: no `into`
         finally:
             lock.release()
             if self._closing is not None:
@@ -415,8 +462,9 @@ class Connection:
     def _load_streamed(self, frame: LargeFrame, readinto: ReadInto) -> Any:
         """Unpickle a large frame as its bytes arrive."""
         payload = PayloadReader(frame, readinto)
+        assert isinstance(self._serializer, PickleSerializer)
         try:
-            obj = pickle.Unpickler(payload).load()
+            obj = self._serializer.unpickler(payload).load()
         except BaseException:
             if payload.broken:
                 # Reading stopped part way through a message it cannot resume.
@@ -432,22 +480,31 @@ class Connection:
     def poll(self, timeout: float | None = 0.0) -> bool:
         """Whether there is data to read, waiting up to ``timeout`` seconds (None: forever)."""
         fd = self._readable_fd()
-        if self._decoder.pending:
+        if self._decoder.pending or self._tls_buffered():
             return True
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
 
     def _has_buffered(self) -> bool:
-        """Whether a read-ahead holds bytes that the fd no longer shows."""
-        return self._handle is not None and self._readable and self._decoder.pending
+        """Whether a read-ahead (or TLS) holds bytes that the fd no longer shows."""
+        if self._handle is None or not self._readable:
+            return False
+        return self._decoder.pending or self._tls_buffered()
+
+    def _tls_buffered(self) -> bool:
+        """Whether the TLS layer holds decrypted bytes not read yet."""
+        return self._tls and self._sock.pending()  # type: ignore[union-attr]
 
 
 def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
     """Pickle support: the fd travels as multiprocessing sends fds, with any read-ahead."""
+    if conn._tls:
+        raise TypeError("a TLS connection cannot be passed to another process")
     df = reduction.DupFd(conn.fileno())
-    pending = conn._decoder.pending_bytes()
-    return rebuild_connection, (df, conn.readable, conn.writable, pending, conn.max_message_size)
+    serializer = None if conn._serializer is PICKLE else conn._serializer
+    state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer)
+    return rebuild_connection, (df, conn.readable, conn.writable, *state)
 
 
 def rebuild_connection(
@@ -456,9 +513,16 @@ def rebuild_connection(
     writable: bool,
     pending: bytes = b"",
     max_message_size: int | None = None,
+    serializer: Serializer | None = None,
 ) -> Connection:
     """Unpickle a Connection made by reduce_connection()."""
-    conn = Connection(df.detach(), readable, writable, max_message_size=max_message_size)
+    conn = Connection(
+        df.detach(),
+        readable,
+        writable,
+        max_message_size=max_message_size,
+        serializer=serializer,
+    )
     conn._decoder.feed(pending)
     return conn
 

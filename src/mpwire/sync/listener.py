@@ -9,16 +9,19 @@ seconds is dropped.
 
 from __future__ import annotations
 
+import errno
 import math
 import select
 import socket
+import ssl
 import time
 from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
-from ..exceptions import HandshakeTimeout
+from ..exceptions import HandshakeTimeout, TLSError, tls_problem
 from ..protocol.handshake import FramedHandshake, Role
+from ..serialize import Serializer, get_serializer
 from .addresses import (
     RETRY_CONNECT,
     address_type,
@@ -31,6 +34,7 @@ from .addresses import (
 )
 from .auth import run_handshake
 from .connection import Connection
+from .tls import TLSSocket
 
 __all__ = ["CLIENT_HANDSHAKE_TIMEOUT", "HANDSHAKE_TIMEOUT", "Client", "Listener"]
 
@@ -43,6 +47,12 @@ CLIENT_HANDSHAKE_TIMEOUT = 20.0
 Longer than the listener's: a busy listener may call accept() late. A listener
 without an authkey never sends a challenge, so this is how that mistake ends.
 """
+
+
+ACCEPT_BACKOFF = 0.05
+"""Seconds a Listener out of file descriptors waits before accepting again."""
+
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def check_authkey(authkey: object) -> None:
@@ -68,17 +78,23 @@ def _restore_nagle_after_first_send(conn: Connection) -> None:
 
 
 class _Pending:
-    """An accepted client whose handshake is under way."""
+    """An accepted client on its way in: TLS first (if any), then the authkey handshake."""
 
-    __slots__ = ("deadline", "handshake", "peer", "sock")
+    __slots__ = ("deadline", "handshake", "peer", "sock", "tls")
 
     def __init__(
-        self, sock: socket.socket, peer: Any, handshake: FramedHandshake, end: float
+        self,
+        sock: socket.socket | TLSSocket,
+        peer: Any,
+        handshake: FramedHandshake | None,
+        end: float,
     ) -> None:
         self.sock = sock
         self.peer = peer
         self.handshake = handshake
         self.deadline = end
+        self.tls = isinstance(sock, TLSSocket)
+        """Whether its TLS handshake is still under way."""
 
 
 class Listener:
@@ -89,7 +105,8 @@ class Listener:
     ``authkey``, accept() runs the challenge in both directions and raises
     AuthenticationError if a peer fails it; peers that hang up or take longer
     than ``handshake_timeout`` seconds (None: no limit) are dropped. Accepted
-    Connections refuse messages over ``max_message_size`` bytes.
+    Connections refuse messages over ``max_message_size`` bytes and encode
+    objects with ``serializer`` (default: pickle).
     """
 
     def __init__(
@@ -101,17 +118,26 @@ class Listener:
         *,
         handshake_timeout: float | None = HANDSHAKE_TIMEOUT,
         max_message_size: int | None = None,
+        serializer: str | Serializer | None = None,
+        digest: str = "sha256",
+        allow_legacy_auth: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         check_authkey(authkey)
-        sock, bound = listening_socket(address, family, backlog)
+        sock, bound = listening_socket(address, family, backlog, authkey, ssl_context)
         self._socket: socket.socket | None = sock
         self._address = bound
         self._authkey = authkey
         self._handshake_timeout = handshake_timeout
+        self._digest = digest
+        self._allow_legacy = allow_legacy_auth
+        self._ssl_context = ssl_context
         self._max_message_size = max_message_size
+        self._serializer = get_serializer(serializer)
         self._last_accepted: Any = None
         self._pending: dict[int, _Pending] = {}
         self._paused_at = time.monotonic()
+        self._out_of_fds_until = 0.0
         self._unlink = unlink_on_close(self, sock, bound)
 
     def __enter__(self) -> Self:
@@ -143,13 +169,13 @@ class Listener:
         """
         listening = self._listening()
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._authkey is None:
+        if self._authkey is None and self._ssl_context is None:
             while True:
                 accepted = self._accept_one(listening, deadline)
                 if accepted is not None:
                     sock, self._last_accepted = accepted
                     return self._connection(sock)
-        return self._accept_authenticated(listening, self._authkey, deadline)
+        return self._accept_authenticated(listening, deadline)
 
     def _listening(self) -> socket.socket:
         if self._socket is None:
@@ -171,15 +197,15 @@ class Listener:
         sock.setblocking(True)
         return sock, peer
 
-    def _connection(self, sock: socket.socket, leftover: bytes = b"") -> Connection:
-        conn = Connection(sock.detach(), max_message_size=self._max_message_size)
+    def _connection(self, sock: socket.socket | TLSSocket, leftover: bytes = b"") -> Connection:
+        conn = Connection.from_socket(
+            sock, max_message_size=self._max_message_size, serializer=self._serializer
+        )
         conn._decoder.feed(leftover)
         return conn
 
-    def _accept_authenticated(
-        self, listening: socket.socket, authkey: bytes, deadline: float | None
-    ) -> Connection:
-        """Accept and authenticate clients side by side until one proves the key.
+    def _accept_authenticated(self, listening: socket.socket, deadline: float | None) -> Connection:
+        """Accept clients side by side (TLS, then the key) until one has come through.
 
         A handshake's clock runs only while accept() runs: time spent outside
         it is not the client's fault.
@@ -189,17 +215,21 @@ class Listener:
             pending.deadline += paused
         try:
             while True:
+                listening = self._listening()  # closed by another thread?
                 poller = select.poll()
-                poller.register(listening, select.POLLIN)
+                wake = min((p.deadline for p in self._pending.values()), default=math.inf)
+                if time.monotonic() >= self._out_of_fds_until:
+                    poller.register(listening, select.POLLIN)
+                else:
+                    wake = min(wake, self._out_of_fds_until)
                 for fd in self._pending:
                     poller.register(fd, select.POLLIN)
-                wake = min((p.deadline for p in self._pending.values()), default=math.inf)
                 if deadline is not None:
                     wake = min(wake, deadline)
                 ready = poller.poll(None if wake == math.inf else _poll_ms(wake))
                 for fd, _ in ready:
                     if fd == listening.fileno():
-                        self._start_handshakes(listening, authkey)
+                        self._start_handshakes(listening)
                     elif fd in self._pending:
                         conn = self._advance(self._pending[fd])
                         if conn is not None:
@@ -209,53 +239,114 @@ class Listener:
                     raise TimeoutError("accept timed out")
         finally:
             self._paused_at = time.monotonic()
+        self._out_of_fds_until = 0.0
 
-    def _start_handshakes(self, listening: socket.socket, authkey: bytes) -> None:
-        """Accept every waiting client and send each its challenge."""
+    def _start_handshakes(self, listening: socket.socket) -> None:
+        """Accept every waiting client and start its handshakes.
+
+        Out of file descriptors (a flood of clients that say nothing, say),
+        it stops accepting for a moment instead of spinning, while the
+        handshakes under way finish or run out of time and free theirs.
+        """
         limit = self._handshake_timeout
         while True:
             try:
                 sock, peer = listening.accept()
             except (BlockingIOError, ConnectionAbortedError):
                 return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                self._out_of_fds_until = time.monotonic() + ACCEPT_BACKOFF
+                return
             sock.setblocking(False)
             if is_tcp(sock):
                 set_nodelay(sock.fileno(), True)
+            channel: socket.socket | TLSSocket = sock
+            if self._ssl_context is not None:
+                channel = TLSSocket(sock, self._ssl_context, server_side=True)
+            handshake = None
+            if self._authkey is not None:
+                handshake = FramedHandshake(
+                    self._authkey,
+                    Role.LISTENER,
+                    digest=self._digest,
+                    allow_legacy=self._allow_legacy,
+                )
             end = math.inf if limit is None else time.monotonic() + limit
-            pending = _Pending(sock, peer, FramedHandshake(authkey, Role.LISTENER), end)
-            self._pending[sock.fileno()] = pending
-            self._send_or_drop(pending)
+            pending = _Pending(channel, peer, handshake, end)
+            self._pending[channel.fileno()] = pending
+            if not pending.tls:
+                self._send_or_drop(pending)
 
     def _advance(self, pending: _Pending) -> Connection | None:
-        """Take what a client sent: its Connection if it has proved the key.
+        """Take what a client sent: its Connection once it has come through.
 
         Raises AuthenticationError (as the stdlib's accept() does) if it
-        failed; a client that hung up is dropped.
+        failed the key check, TLSError if it failed TLS; a client that hung
+        up is dropped.
         """
+        if pending.tls and not self._advance_tls(pending):
+            return None
         handshake = pending.handshake
-        try:
-            received = handshake.fill(pending.sock.recv_into)
-        except BlockingIOError:
-            return None
-        except OSError:
-            received = 0
-        if not received:
-            self._drop(pending)
-            return None
-        sent = self._send_or_drop(pending)
-        if handshake.error is not None:
-            self._drop(pending)
-            raise handshake.error
-        if not sent or not handshake.done:
-            return None
+        if handshake is not None:
+            received = self._receive(pending, handshake)
+            if received is None:
+                return None
+            if not received:
+                self._drop(pending)
+                return None
+            sent = self._send_or_drop(pending)
+            if handshake.error is not None:
+                self._drop(pending)
+                raise handshake.error
+            if not sent or not handshake.done:
+                return None
         del self._pending[pending.sock.fileno()]
         pending.sock.setblocking(True)
         self._last_accepted = pending.peer
         tcp = is_tcp(pending.sock)
-        conn = self._connection(pending.sock, handshake.leftover())
-        if tcp:
+        conn = self._connection(pending.sock, b"" if handshake is None else handshake.leftover())
+        if tcp and handshake is not None:
             _restore_nagle_after_first_send(conn)
         return conn
+
+    def _advance_tls(self, pending: _Pending) -> bool:
+        """Go on with a client's TLS handshake; whether it is done (and the challenge sent)."""
+        sock = pending.sock
+        assert isinstance(sock, TLSSocket)
+        try:
+            sock.do_handshake()
+        except BlockingIOError:
+            return False
+        except ssl.SSLError as exc:
+            self._drop(pending)
+            raise TLSError(
+                f"TLS handshake with {pending.peer!r} failed: {tls_problem(exc)}"
+            ) from exc
+        except OSError:
+            self._drop(pending)
+            return False
+        pending.tls = False
+        return pending.handshake is None or self._send_or_drop(pending)
+
+    @staticmethod
+    def _receive(pending: _Pending, handshake: FramedHandshake) -> int | None:
+        """Read what the client sent (all TLS holds too); 0 at its end, None if nothing yet."""
+        sock = pending.sock
+        total = 0
+        try:
+            while True:
+                received = handshake.fill(sock.recv_into)
+                if not received:
+                    return total
+                total += received
+                if not (isinstance(sock, TLSSocket) and sock.pending()):
+                    return total
+        except BlockingIOError:
+            return total or None
+        except OSError:
+            return 0
 
     def _send_or_drop(self, pending: _Pending) -> bool:
         """Send what the handshake has queued; drop the client if it cannot take it.
@@ -263,6 +354,7 @@ class Listener:
         The messages are tiny and the socket's buffer fresh, so anything but a
         whole write means the client is gone or hostile.
         """
+        assert pending.handshake is not None
         data = pending.handshake.data_to_send()
         try:
             if not data or pending.sock.send(data, socket.MSG_NOSIGNAL) == len(data):
@@ -303,6 +395,11 @@ def Client(
     timeout: float | None = None,
     handshake_timeout: float | None = CLIENT_HANDSHAKE_TIMEOUT,
     max_message_size: int | None = None,
+    serializer: str | Serializer | None = None,
+    digest: str = "sha256",
+    allow_legacy_auth: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Connection:
     """Connect to the Listener at ``address`` and, with an authkey, authenticate.
 
@@ -310,14 +407,18 @@ def Client(
     at most that long, and a listener that is not up yet is retried until
     then; expiry raises TimeoutError. The handshake alone is also bounded by
     ``handshake_timeout`` (None: no limit); expiry raises HandshakeTimeout.
-    The Connection refuses messages over ``max_message_size`` bytes.
+    The Connection refuses messages over ``max_message_size`` bytes and
+    encodes objects with ``serializer`` (default: pickle).
     """
     family = family or address_type(address)
     validate_family(family)
     check_authkey(authkey)
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = _connect(address, family, deadline)
-    conn = Connection(sock.detach(), max_message_size=max_message_size)
+    channel: socket.socket | TLSSocket = sock
+    if ssl_context is not None:
+        channel = _start_tls(sock, ssl_context, address, server_hostname, deadline)
+    conn = Connection.from_socket(channel, max_message_size=max_message_size, serializer=serializer)
     if authkey is None:
         return conn
     if handshake_timeout is not None:
@@ -327,19 +428,44 @@ def Client(
     try:
         if tcp:
             set_nodelay(conn.fileno(), True)
-        run_handshake(conn, authkey, Role.CLIENT, deadline=deadline)
+        run_handshake(
+            conn, authkey, Role.CLIENT, digest, deadline=deadline, allow_legacy=allow_legacy_auth
+        )
     except TimeoutError as exc:
         conn.close()
-        raise HandshakeTimeout(
-            f"the listener at {address!r} did not complete the authkey handshake in time "
-            "(is it busy, or does it use no authkey?)"
-        ) from exc
+        raise HandshakeTimeout.from_listener(address) from exc
     except BaseException:
         conn.close()
         raise
     if tcp:
         _restore_nagle_after_first_send(conn)
     return conn
+
+
+def _start_tls(
+    sock: socket.socket,
+    context: ssl.SSLContext,
+    address: Any,
+    server_hostname: str | None,
+    deadline: float | None,
+) -> TLSSocket:
+    """Run the TLS handshake over a connected socket (the server's name: its host)."""
+    if server_hostname is None and isinstance(address, tuple):
+        server_hostname = address[0]
+    try:
+        if context.check_hostname and server_hostname is None:
+            raise ValueError(f"TLS to {address!r} checks the server's name: pass server_hostname=")
+        tls = TLSSocket(sock, context, server_side=False, server_hostname=server_hostname)
+        sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
+        tls.do_handshake()
+        sock.settimeout(None)
+    except ssl.SSLError as exc:
+        sock.close()
+        raise TLSError(f"TLS handshake with {address!r} failed: {tls_problem(exc)}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return tls
 
 
 def _connect(address: Any, family: str, deadline: float | None) -> socket.socket:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import socket
 
+from ..serialize import Serializer, get_serializer
 from .connection import Connection
 
 __all__ = ["Pipe"]
 
 
 def Pipe(
-    duplex: bool = True, *, max_message_size: int | None = None
+    duplex: bool = True,
+    *,
+    max_message_size: int | None = None,
+    serializer: str | Serializer | None = None,
 ) -> tuple[Connection, Connection]:
     """Two connected ends: both ways, or one way (reader, writer).
 
@@ -23,7 +27,11 @@ def Pipe(
     if not duplex:
         left.shutdown(socket.SHUT_WR)
         right.shutdown(socket.SHUT_RD)
-    return (
-        Connection(left.detach(), True, duplex, max_message_size=max_message_size),
-        Connection(right.detach(), duplex, True, max_message_size=max_message_size),
-    )
+    options = get_serializer(serializer)
+
+    def end(sock: socket.socket, readable: bool, writable: bool) -> Connection:
+        return Connection(
+            sock.detach(), readable, writable, max_message_size=max_message_size, serializer=options
+        )
+
+    return end(left, True, duplex), end(right, duplex, True)
