@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
+from ..buffers import message_view, target_view
 from ..exceptions import BufferTooShort, FrameError, MessageTooLong
 from ..protocol.frames import FrameDecoder, encode_header
 from ..protocol.handshake import FramedHandshake
@@ -310,21 +311,9 @@ class AsyncConnection:
     ) -> None:
         """Send the bytes of a bytes-like object as one message."""
         self._check(writing=True)
-        with memoryview(buf) as view, view.cast("B") as flat:
-            n = flat.nbytes
-            if offset < 0:
-                raise ValueError("offset is negative")
-            if n < offset:
-                raise ValueError("buffer length < offset")
-            if size is None:
-                size = n - offset
-            elif size < 0:
-                raise ValueError("size is negative")
-            elif offset + size > n:
-                raise ValueError("buffer length < offset + size")
-            # The transport may keep what it cannot send yet: give it bytes
-            # the caller cannot change afterwards.
-            self._write(bytes(flat[offset : offset + size]))
+        # The transport may keep what it cannot send yet: give it bytes the
+        # caller cannot change afterwards.
+        self._write(bytes(message_view(buf, offset, size)))
         await self._drain(timeout)
 
     async def send(self, obj: Any, *, timeout: float | None = None) -> None:
@@ -369,15 +358,11 @@ class AsyncConnection:
         If it does not fit, raises BufferTooShort with the whole message as ``args[0]``.
         """
         self._check(writing=False)
-        with memoryview(buf) as view, view.cast("B") as flat:
-            if offset < 0:
-                raise ValueError("negative offset")
-            if offset > flat.nbytes:
-                raise ValueError("offset too large")
+        with target_view(buf, offset) as target:
             frame = await self._next_frame(timeout)
-            if len(frame) > flat.nbytes - offset:
+            if len(frame) > len(target):
                 raise BufferTooShort(frame)
-            flat[offset : offset + len(frame)] = frame
+            target[: len(frame)] = frame
         return len(frame)
 
     async def _next_frame(self, timeout: float | None) -> bytes:

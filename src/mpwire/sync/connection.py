@@ -27,6 +27,7 @@ from multiprocessing import reduction
 from types import TracebackType
 from typing import Any, Self, SupportsIndex
 
+from ..buffers import message_view, target_view
 from ..exceptions import BufferTooShort, FrameError
 from ..protocol.frames import (
     FrameDecoder,
@@ -280,21 +281,7 @@ class Connection:
             self._send_frame(buf, timeout)
             return
         self._writable_fd()
-        m = memoryview(buf)
-        if m.itemsize != 1 or m.ndim != 1:
-            m = m.cast("B")
-        n = m.nbytes
-        if offset < 0:
-            raise ValueError("offset is negative")
-        if n < offset:
-            raise ValueError("buffer length < offset")
-        if size is None:
-            size = n - offset
-        elif size < 0:
-            raise ValueError("size is negative")
-        elif offset + size > n:
-            raise ValueError("buffer length < offset + size")
-        self._send_frame(m[offset : offset + size], timeout)
+        self._send_frame(message_view(buf, offset, size), timeout)
 
     def send(self, obj: Any, *, timeout: float | None = None) -> None:
         """Send an object (pickled, or as ``serializer`` says); ``timeout`` as for send_bytes()."""
@@ -406,13 +393,8 @@ class Connection:
         with the whole message as ``args[0]``. ``timeout`` as for recv_bytes().
         """
         self._readable_fd()
-        with memoryview(buf) as m:
-            if offset < 0:
-                raise ValueError("negative offset")
-            if offset > m.nbytes:
-                raise ValueError("offset too large")
-            with m.cast("B") as flat, flat[offset:] as target:
-                result = self._receive(None, target, False, timeout)
+        with target_view(buf, offset) as target:
+            result = self._receive(None, target, False, timeout)
         if isinstance(result, int):
             return result
         raise BufferTooShort(result)
