@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
@@ -26,6 +27,11 @@ READ_HIGH_WATER = 1 << 20
 """Received, unread bytes above which the transport stops reading (until recv() catches up)."""
 
 READ_LOW_WATER = READ_HIGH_WATER // 4
+
+
+def _bounded(timeout: float | None) -> contextlib.AbstractAsyncContextManager[Any]:
+    """asyncio.timeout(timeout), or nothing at all without one (it costs a few µs a call)."""
+    return contextlib.nullcontext() if timeout is None else asyncio.timeout(timeout)
 
 
 class FrameProtocol(asyncio.BufferedProtocol):
@@ -327,7 +333,7 @@ class AsyncConnection:
         self._protocol.transport.write(encode_header(len(payload)) + payload)
 
     async def _drain(self, timeout: float | None) -> None:
-        async with asyncio.timeout(timeout):
+        async with _bounded(timeout):
             await self._protocol.drain()
 
     # -- receiving -----------------------------------------------------------------
@@ -366,7 +372,7 @@ class AsyncConnection:
         return len(frame)
 
     async def _next_frame(self, timeout: float | None) -> bytes:
-        async with asyncio.timeout(timeout), self._receiving:
+        async with _bounded(timeout), self._receiving:
             return await self._protocol.next_frame()
 
     def poll(self) -> bool:

@@ -53,6 +53,7 @@ class Listener:
         check_authkey(authkey)
         self._socket, self._address = listening_socket(address, family, backlog, authkey, ssl)
         self._ssl = ssl
+        self._backlog = backlog
         self._unlink = unlink_on_close(self, self._socket, self._address)
         self._authkey = authkey
         self._handshake_timeout = handshake_timeout
@@ -94,7 +95,9 @@ class Listener:
             start = loop.create_unix_server
         else:
             start = loop.create_server  # type: ignore[assignment]
-        self._server = await start(self._protocol, sock=self._socket, ssl=self._ssl)
+        self._server = await start(
+            self._protocol, sock=self._socket, ssl=self._ssl, backlog=self._backlog
+        )
 
     async def accept(self, timeout: float | None = None) -> AsyncConnection:
         """The next client that connected (and proved the key)."""

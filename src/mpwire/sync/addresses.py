@@ -7,6 +7,7 @@ with a NUL byte is a Linux abstract socket.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -125,7 +126,13 @@ def unlink_on_close(owner: object, sock: socket.socket, bound: Any) -> util.Fina
     """Remove a Unix socket's file when ``owner`` is closed (call the result) or at exit."""
     if sock.family != socket.AF_UNIX or is_abstract(bound):
         return None
-    return util.Finalize(owner, os.unlink, args=(bound,), exitpriority=0)
+    return util.Finalize(owner, _remove, args=(bound,), exitpriority=0)
+
+
+def _remove(path: str) -> None:
+    # asyncio (3.13 and later) may have removed it already.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _warn_if_exposed(sock: socket.socket, bound: Any, guarded: bool) -> None:
