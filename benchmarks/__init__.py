@@ -1,7 +1,7 @@
-"""Benchmarks: mpwire.connection against multiprocessing.connection.
+"""Benchmarks: mpwire.connection against multiprocessing.connection, and mpwire.asyncio.
 
 Run ``python -m benchmarks`` (``--quick``, ``--rounds N``, ``--only SUBSTRING``,
-``--json FILE``, ``--list``), or from code::
+``--json FILE``, ``--loop auto|uvloop|asyncio``, ``--list``), or from code::
 
     import benchmarks
     results = benchmarks.run(scenarios=["pingpong"], rounds=3, progress=print)
@@ -9,19 +9,25 @@ Run ``python -m benchmarks`` (``--quick``, ``--rounds N``, ``--only SUBSTRING``,
 
 Method
 ------
-* Every measurement runs in a fresh pair of processes, a server and a client,
-  started with ``subprocess`` (``python -m benchmarks._worker``). The
-  implementation is passed by name ("stdlib" -> ``multiprocessing.connection``,
-  "mpwire" -> ``mpwire.connection``) and imported only inside the children, so
-  nothing is shared or warmed up between measurements. The children report
+* Every measurement runs in fresh processes, a server and a client (or
+  several client processes), started with ``subprocess`` (``python -m
+  benchmarks._worker``). The implementation is passed by name ("stdlib" ->
+  ``multiprocessing.connection``, "mpwire" -> ``mpwire.connection``,
+  "mpwire.asyncio" -> ``mpwire.asyncio``) and imported only inside the
+  children, so nothing is shared or warmed up between measurements. The children report
   through JSON files, never through the connection being measured, and find
   each other through a "ready" file in which the server writes the address its
   Listener is bound to (a Unix socket in a private ``tempfile.mkdtemp()``
   folder, or 127.0.0.1 with an ephemeral port: no network beyond loopback).
-* Implementations alternate within a run: for each scenario, round 1 runs
-  stdlib then mpwire, round 2 stdlib then mpwire, and so on (5 rounds by
-  default), so drift in machine load hits both alike. The table shows each
-  implementation's median over rounds, with ± half the min-max range.
+* Each scenario compares two implementations, a baseline and a candidate:
+  stdlib and mpwire for most; mpwire (the blocking API) and mpwire.asyncio for
+  the asyncio ping-pongs; stdlib and mpwire.asyncio (as the server) for the
+  many-clients scenario. They alternate within a run: round 1 runs the
+  baseline then the candidate, round 2 the same, and so on (5 rounds by
+  default), so drift in machine load hits both alike. The table groups the
+  scenarios by pair and shows each side's median over rounds, with ± half the
+  min-max range. mpwire.asyncio processes run on uvloop when it is installed
+  (``--loop`` to choose); the table's "Setups" and the JSON say which.
 * Timers start after the connection is made and authenticated and after a
   warm-up, and stop on the side that sees the last message:
   - pingpong (64-byte ``send_bytes``/``recv_bytes``, or a small dict with
@@ -47,9 +53,27 @@ Method
   - connect-auth: a Listener with an authkey accepts in a loop, the client
     connects (both ways of the HMAC challenge), does one ``send``/``recv``
     round trip and closes, for a fixed count or a few seconds of wall time,
-    whichever ends first; connections per second from those completed.
-* ratio > 1 always means mpwire is better: mpwire/stdlib for rates,
-  stdlib/mpwire for peak RSS / payload (lower is better).
+    whichever ends first; connections per second from those completed;
+  - pingpong-64B-bytes-asyncio: the 64-byte ping-pong with an mpwire.asyncio
+    client and server (``connect()``, ``Listener.accept()``), against the same
+    with the blocking mpwire API; ``-pinned`` as above;
+  - clients-1000x100: one server, 1,000 clients connecting at once with an
+    authkey (backlog 1024 on both servers), each doing 100 round trips of a
+    64-byte message unique to the client and the round trip, every reply
+    checked; 200x20 with ``--quick``. The server is a stdlib Listener with a
+    thread per accepted client (the best a stdlib user can do) or
+    mpwire.asyncio ``serve()`` in one process and one event loop. The clients
+    are the same for both: mpwire.asyncio, in two processes that meet at a
+    barrier once all their clients are connected and warmed up (one round
+    trip each). Round trips per second (the ratio) are timed from the barrier
+    to the last reply, on the machine's monotonic clock, across processes;
+    the total time runs from the first connect() to the last reply. A reply
+    lost or wrong fails the measurement. The table also shows how many CPUs
+    the server, the clients and other work on the machine (/proc/stat) kept
+    busy: on a 2-CPU machine, a server and clients that both near 1.0 share
+    the machine, and the figure is a floor for the server alone.
+* ratio > 1 always means the candidate is better: candidate/baseline for
+  rates, baseline/candidate where lower is better (peak RSS / payload, seconds).
 * Every process pair is bounded by a timeout and killed when it runs over, or
   soon after one of the two fails; a failed measurement is recorded in its
   scenario (shown in the table and the JSON) and the run goes on.

@@ -8,10 +8,17 @@ announces its address in the spec's ``ready`` file and accepts; the client waits
 for that file and connects. Each side writes ``{"ok": true, "result": {...}}``
 (or ``{"ok": false, "error": ...}``) to its ``result`` file: the harness's own
 reporting goes through files, never through the connection being measured.
+
+mpwire.asyncio servers and clients run on the event loop the spec names
+("auto": uvloop when installed); their results say which. The clients
+scenario's client processes are mpwire.asyncio whatever the server, and meet
+at a barrier of files beside the ``ready`` file before they start timing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -20,15 +27,15 @@ import statistics
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-IMPLEMENTATIONS: dict[str, str] = {
-    "stdlib": "multiprocessing.connection",
-    "mpwire": "mpwire.connection",
-}
-"""Implementation name -> module offering Listener, Client and Connection."""
+from .scenarios import MODULES
+
+ASYNCIO = "mpwire.asyncio"
+"""The implementation whose servers and clients run on an event loop."""
 
 SMALL_OBJECT: dict[str, Any] = {"id": 1, "args": [1, 2, 3], "name": "x"}
 
@@ -51,11 +58,52 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def raise_fd_limit() -> None:
+    """Let this process open as many files as the hard limit allows (a socket per client)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def now() -> float:
+    """CLOCK_MONOTONIC: one clock for every process on the machine, so their times combine."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def _loop_factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
+    """A new-loop function for ``choice`` ("auto", "uvloop" or "asyncio"), and its name."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+    return asyncio.new_event_loop, "asyncio"
+
+
+def run_on_loop(
+    spec: dict[str, Any], main: Callable[[], Coroutine[Any, Any, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Run ``main()`` on the event loop the spec asks for; its result, naming the loop."""
+    factory, name = _loop_factory(spec.get("loop", "auto"))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        result = runner.run(main())
+    return {**result, "loop": name}
+
+
 def _write_json(path: str, data: Any) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+def _announce(spec: dict[str, Any], address: Any) -> None:
+    """Tell the client(s) the address the server is bound to."""
+    _write_json(spec["ready"], list(address) if isinstance(address, tuple) else address)
 
 
 def _wait_ready(path: str, timeout: float) -> Any:
@@ -123,6 +171,41 @@ def client_pingpong_bytes(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
     seconds = _timed_round_trips(conn.send_bytes, conn.recv_bytes, b"x" * params["size"], params)
     conn.send_bytes(b"")
     if conn.recv_bytes() != b"":
+        raise RuntimeError("bad final echo")
+    return _batch_result(params["count"], params["batches"], seconds)
+
+
+async def aserver_pingpong_bytes(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """server_pingpong_bytes on an AsyncConnection."""
+    recv, send = conn.recv_bytes, conn.send_bytes
+    while True:
+        data = await recv()
+        await send(data)
+        if not data:
+            return {}
+
+
+async def _atimed_round_trips(conn: Any, message: bytes, params: dict[str, Any]) -> list[float]:
+    """_timed_round_trips of byte messages on an AsyncConnection."""
+    send, recv = conn.send_bytes, conn.recv_bytes
+    for _ in range(params["warmup"]):
+        await send(message)
+        await recv()
+    seconds = []
+    for n in _batches(params["count"], params["batches"]):
+        t0 = _perf()
+        for _ in range(n):
+            await send(message)
+            await recv()
+        seconds.append(_perf() - t0)
+    return seconds
+
+
+async def aclient_pingpong_bytes(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """client_pingpong_bytes on an AsyncConnection."""
+    seconds = await _atimed_round_trips(conn, b"x" * params["size"], params)
+    await conn.send_bytes(b"")
+    if await conn.recv_bytes() != b"":
         raise RuntimeError("bad final echo")
     return _batch_result(params["count"], params["batches"], seconds)
 
@@ -300,6 +383,197 @@ def client_connect(
     return {"rate": done / elapsed, "seconds": elapsed, "count": done}
 
 
+# -- many clients: one server, ``clients`` connections from ``client_processes`` processes ---------
+
+
+def machine_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has used since boot (/proc/stat; 0 elsewhere)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(field) for field in f.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # up to steal; guests are in user
+
+
+def _cpu_mark() -> tuple[float, float, float]:
+    """Wall clock, this process's CPU time (every thread's) and the machine's, now."""
+    return now(), time.process_time(), machine_cpu_seconds()
+
+
+def _cpus(start: tuple[float, ...], end: tuple[float, ...]) -> dict[str, Any]:
+    """How many CPUs this process kept busy between two marks, on average."""
+    wall, cpu = end[0] - start[0], end[1] - start[1]
+    return {"cpus": cpu / wall if wall > 0 else 0.0, "busy_seconds": wall, "cpu_seconds": cpu}
+
+
+def _echo_until_eof(conn: Any) -> int:
+    """Echo byte messages until the peer hangs up; how many were echoed."""
+    recv, send = conn.recv_bytes, conn.send_bytes
+    echoed = 0
+    with contextlib.closing(conn):
+        while True:
+            try:
+                data = recv()
+            except EOFError:
+                return echoed
+            send(data)
+            echoed += 1
+
+
+def server_clients_threads(listener: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``clients`` connections, each echoed by a thread of its own until it hangs up.
+
+    The CPU load is measured from the last accept to the last hang-up.
+    """
+    clients = params["clients"]
+    with ThreadPoolExecutor(max_workers=clients) as threads:
+        echoes = [threads.submit(_echo_until_eof, listener.accept()) for _ in range(clients)]
+        start = _cpu_mark()
+        echoed = sum(echo.result() for echo in echoes)
+        end = _cpu_mark()
+    cls = type(listener)
+    setup = f"{cls.__module__}.{cls.__name__}, a thread per client"
+    return {"echoed": echoed, **_cpus(start, end), "setup": setup}
+
+
+async def _aecho_until_eof(conn: Any) -> int:
+    """_echo_until_eof on an AsyncConnection."""
+    recv, send = conn.recv_bytes, conn.send_bytes
+    echoed = 0
+    while True:
+        try:
+            data = await recv()
+        except EOFError:
+            return echoed
+        await send(data)
+        echoed += 1
+
+
+async def aserver_clients(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
+    """serve() an echo handler to ``clients`` connections, all in this one event loop.
+
+    The CPU load is measured from the last handler starting to the last one done.
+    """
+    params = spec["params"]
+    clients = params["clients"]
+    marks: list[tuple[float, float, float]] = []
+    echoed: list[int] = []
+    errors: list[BaseException] = []
+    all_gone = asyncio.Event()
+    served = 0
+
+    async def echo(conn: Any) -> None:
+        nonlocal served
+        served += 1
+        if served == clients:
+            marks.append(_cpu_mark())
+        try:
+            echoed.append(await _aecho_until_eof(conn))
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+        finally:
+            if len(echoed) + len(errors) == clients:
+                marks.append(_cpu_mark())
+                all_gone.set()
+
+    server = await mod.serve(echo, _address(spec), authkey=authkey, backlog=params["backlog"])
+    async with server:
+        _announce(spec, server.address)
+        await all_gone.wait()
+    if errors:
+        raise errors[0]
+    setup = f"{mod.__name__}.serve(), one event loop"
+    return {"echoed": sum(echoed), **_cpus(*marks), "setup": setup}
+
+
+def _message(ident: int, seq: int, size: int) -> bytes:
+    """The ``seq``-th message of client ``ident``: no two clients' or round trips' alike."""
+    return f"{ident}:{seq}:".encode().ljust(size, b".")
+
+
+async def _checked_round_trips(conn: Any, ident: int, first: int, count: int, size: int) -> int:
+    """``count`` round trips, each reply checked against its message; how many came back."""
+    send, recv = conn.send_bytes, conn.recv_bytes
+    for seq in range(first, first + count):
+        message = _message(ident, seq, size)
+        await send(message)
+        reply = await recv()
+        if reply != message:
+            raise RuntimeError(f"client {ident} sent {message!r} and got back {reply!r}")
+    return count
+
+
+async def _barrier(spec: dict[str, Any]) -> None:
+    """Wait for every client process to get here (a file each, beside the ready file)."""
+    folder = Path(spec["ready"]).parent
+    (folder / f"barrier-{spec['index']}").touch()
+    others = [folder / f"barrier-{i}" for i in range(spec["processes"])]
+    deadline = time.monotonic() + spec.get("ready_timeout", 30.0)
+    while not all(path.exists() for path in others):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other client processes did not connect in time")
+        await asyncio.sleep(0.001)
+
+
+async def _all_round_trips(
+    conns: list[Any], idents: range, first: int, count: int, size: int
+) -> int:
+    """_checked_round_trips on every connection at once; the replies checked in all."""
+    pairs = zip(conns, idents, strict=True)
+    return sum(
+        await asyncio.gather(*(_checked_round_trips(c, i, first, count, size) for c, i in pairs))
+    )
+
+
+async def aclients(mod: Any, address: Any, authkey: bytes, spec: dict[str, Any]) -> dict[str, Any]:
+    """This process's share of the clients: connect all, warm up, meet the others, time.
+
+    Every client connects (at once, all of them) and does ``warmup`` round
+    trips; once every client process has got that far, all of them do
+    ``round_trips`` more at once. Every reply is checked.
+    """
+    params = spec["params"]
+    shares = _batches(params["clients"], spec["processes"])
+    first = sum(shares[: spec["index"]])
+    idents = range(first, first + shares[spec["index"]])
+    size, warmup, count = params["size"], params["warmup"], params["round_trips"]
+    timeout = spec.get("ready_timeout", 30.0)
+    started = now()
+    conns = await asyncio.gather(
+        *(mod.connect(address, authkey=authkey, timeout=timeout) for _ in idents)
+    )
+    connected = now()
+    try:
+        await _all_round_trips(conns, idents, 0, warmup, size)
+        await _barrier(spec)
+        go = _cpu_mark()
+        replies = await _all_round_trips(conns, idents, warmup, count, size)
+        finished = _cpu_mark()
+    finally:
+        await asyncio.gather(*(conn.aclose() for conn in conns))
+    if replies != len(idents) * count:
+        raise RuntimeError(f"{replies:,} replies checked, not {len(idents) * count:,}")
+    return {
+        "clients": len(idents),
+        "replies": replies,
+        "started": started,
+        "connected": connected,
+        "go": go[0],
+        "finished": finished[0],
+        "cpu_seconds": finished[1] - go[1],
+        "machine_cpu_seconds": finished[2] - go[2],
+    }
+
+
+_ASYNC_SERVERS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "pingpong-bytes": aserver_pingpong_bytes,
+}
+_ASYNC_CLIENTS: dict[str, Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+    "pingpong-bytes": aclient_pingpong_bytes,
+}
 _SERVERS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
     "pingpong-bytes": server_pingpong_bytes,
     "pingpong-object": server_pingpong_object,
@@ -319,17 +593,24 @@ _CLIENTS: dict[str, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
 # -- roles -----------------------------------------------------------------------------------
 
 
-def run_server(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
-    """Bind, announce the address, then serve one connection (or many, for connect)."""
-    kind, params = spec["kind"], spec["params"]
+def _address(spec: dict[str, Any]) -> Any:
+    """The address to bind, as Listener takes it."""
     address = spec["address"]
-    address = tuple(address) if isinstance(address, list) else address
-    listener = mod.Listener(address, authkey=authkey, backlog=16)
+    return tuple(address) if isinstance(address, list) else address
+
+
+def run_server(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
+    """Bind, announce the address, then serve one connection (or many, for connect, clients)."""
+    kind, params = spec["kind"], spec["params"]
+    if spec["impl"] == ASYNCIO:
+        return run_on_loop(spec, lambda: arun_server(mod, spec, authkey))
+    listener = mod.Listener(_address(spec), authkey=authkey, backlog=params.get("backlog", 16))
     try:
-        bound = listener.address
-        _write_json(spec["ready"], list(bound) if isinstance(bound, tuple) else bound)
+        _announce(spec, listener.address)
         if kind == "connect":
             return server_connect(listener, params)
+        if kind == "clients":
+            return server_clients_threads(listener, params)
         conn = listener.accept()
         try:
             return _SERVERS[kind](conn, params)
@@ -339,10 +620,29 @@ def run_server(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]
         listener.close()
 
 
+async def arun_server(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
+    """run_server for mpwire.asyncio, on the running loop."""
+    kind, params = spec["kind"], spec["params"]
+    if kind == "clients":
+        return await aserver_clients(mod, spec, authkey)
+    async with mod.Listener(_address(spec), authkey=authkey, backlog=16) as listener:
+        _announce(spec, listener.address)
+        async with await listener.accept() as conn:
+            return await _ASYNC_SERVERS[kind](conn, params)
+
+
 def run_client(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
-    """Wait for the server's address, connect, and drive the scenario."""
+    """Wait for the server's address, connect, and drive the scenario.
+
+    The clients scenario's clients are mpwire.asyncio, whatever the server.
+    """
     kind, params = spec["kind"], spec["params"]
     address = _wait_ready(spec["ready"], spec.get("ready_timeout", 30.0))
+    if kind == "clients":
+        amod = importlib.import_module(MODULES[ASYNCIO])
+        return run_on_loop(spec, lambda: aclients(amod, address, authkey, spec))
+    if spec["impl"] == ASYNCIO:
+        return run_on_loop(spec, lambda: arun_client(mod, address, authkey, spec))
     if kind == "connect":
         return client_connect(mod, address, authkey, params)
     conn = mod.Client(address, authkey=authkey)
@@ -350,6 +650,14 @@ def run_client(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]
         return _CLIENTS[kind](conn, params)
     finally:
         conn.close()
+
+
+async def arun_client(
+    mod: Any, address: Any, authkey: bytes, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """run_client for mpwire.asyncio, on the running loop."""
+    async with await mod.connect(address, authkey=authkey) as conn:
+        return await _ASYNC_CLIENTS[spec["kind"]](conn, spec["params"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if spec.get("pin") is not None:
             os.sched_setaffinity(0, {spec["pin"]})
-        mod = importlib.import_module(IMPLEMENTATIONS[spec["impl"]])
+        raise_fd_limit()
+        mod = importlib.import_module(MODULES[spec["impl"]])
         authkey = bytes.fromhex(spec["authkey"])
         role = run_server if spec["role"] == "server" else run_client
         result = role(mod, spec, authkey)

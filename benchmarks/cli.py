@@ -7,7 +7,7 @@ import json
 import sys
 
 from .report import format_table
-from .runner import run
+from .runner import LOOPS, run
 from .scenarios import SCENARIOS
 
 __all__ = ["main"]
@@ -16,7 +16,10 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Compare mpwire.connection with multiprocessing.connection.",
+        description=(
+            "Compare mpwire.connection with multiprocessing.connection, "
+            "and mpwire.asyncio with both."
+        ),
     )
     parser.add_argument(
         "--quick", action="store_true", help="2 rounds and smaller counts (under a minute)"
@@ -32,7 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="FILE", help="write raw samples, medians and ratios")
     parser.add_argument(
-        "--timeout", type=float, default=None, help="seconds allowed per process pair"
+        "--timeout", type=float, default=None, help="seconds allowed per measurement"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop of asyncio processes (default auto: uvloop when installed)",
     )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -47,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print the table; 1 if any measurement failed."""
     args = _parser().parse_args(argv)
     if args.list:
+        width = max(len(scenario.name) for scenario in SCENARIOS)
         for scenario in SCENARIOS:
-            print(f"{scenario.name:34} {scenario.description}")
+            print(f"{scenario.name:{width}}  {scenario.description}")
         return 0
     if args.rounds is not None and args.rounds < 1:
         print("--rounds must be at least 1", file=sys.stderr)
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             quick=args.quick,
             progress=None if args.quiet else _progress,
             timeout=args.timeout,
+            loop=args.loop,
         )
     except ValueError as exc:
         print(exc, file=sys.stderr)

@@ -18,14 +18,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .scenarios import Scenario, select
+from .combine import combine
+from .scenarios import BASELINE, CANDIDATE, Metric, Scenario, select
 
-__all__ = ["BASELINE", "CANDIDATE", "IMPLEMENTATIONS", "MeasurementError", "Progress", "run"]
+__all__ = [
+    "BASELINE",
+    "CANDIDATE",
+    "IMPLEMENTATIONS",
+    "LOOPS",
+    "MeasurementError",
+    "Progress",
+    "run",
+]
 
-BASELINE = "stdlib"
-CANDIDATE = "mpwire"
 IMPLEMENTATIONS = (BASELINE, CANDIDATE)
-"""Run in this order within each round: stdlib, mpwire, stdlib, mpwire, ..."""
+"""The default pair, run in this order within each round: stdlib, mpwire, stdlib, mpwire, ...
+
+A scenario may compare another pair (``Scenario.baseline``, ``Scenario.candidate``).
+"""
+
+LOOPS = ("auto", "uvloop", "asyncio")
+"""The event loop for asyncio processes: "auto" is uvloop when installed, else asyncio's own."""
 
 DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 2
@@ -53,7 +66,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _meta(rounds: int, quick: bool, timeout: float) -> dict[str, Any]:
+def _meta(rounds: int, quick: bool, timeout: float, loop: str) -> dict[str, Any]:
     try:
         affinity = sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -67,9 +80,11 @@ def _meta(rounds: int, quick: bool, timeout: float) -> dict[str, Any]:
         "cpu_affinity": affinity,
         "mpwire_version": _version("mpwire"),
         "numpy_version": _version("numpy"),
+        "uvloop_version": _version("uvloop"),
         "rounds": rounds,
         "quick": quick,
         "timeout": timeout,
+        "loop": loop,
         "implementations": list(IMPLEMENTATIONS),
         "baseline": BASELINE,
         "candidate": CANDIDATE,
@@ -110,22 +125,40 @@ def _pin_cpu() -> int | None:
 
 
 def measure(
-    scenario: Scenario, impl: str, params: dict[str, Any], workdir: Path, timeout: float
+    scenario: Scenario,
+    impl: str,
+    params: dict[str, Any],
+    workdir: Path,
+    timeout: float,
+    loop: str = "auto",
 ) -> dict[str, Any]:
-    """Run ``scenario`` once for ``impl`` in a fresh server and client; the measuring side's result.
+    """Run ``scenario`` once for ``impl`` in a fresh server and client(s); the measured result.
 
-    Both children are killed if they outlive ``timeout`` seconds, and the other
-    one soon after either of them fails. Raises MeasurementError.
+    Every child is killed if it outlives ``timeout`` seconds, and the others
+    soon after any of them fails. Raises MeasurementError.
     """
     run_dir = Path(tempfile.mkdtemp(prefix="m-", dir=workdir))
     try:
-        return _measure_in(scenario, impl, params, run_dir, timeout)
+        return _measure_in(scenario, impl, params, run_dir, timeout, loop)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _roles(params: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(name, role, index) of each child: the server, then "client" or "client-0", "client-1"..."""
+    processes = params.get("client_processes", 1)
+    if processes == 1:
+        return [("server", "server", 0), ("client", "client", 0)]
+    return [("server", "server", 0)] + [(f"client-{i}", "client", i) for i in range(processes)]
+
+
 def _measure_in(
-    scenario: Scenario, impl: str, params: dict[str, Any], run_dir: Path, timeout: float
+    scenario: Scenario,
+    impl: str,
+    params: dict[str, Any],
+    run_dir: Path,
+    timeout: float,
+    loop: str,
 ) -> dict[str, Any]:
     address: Any = str(run_dir / "s") if scenario.transport == "unix" else ["127.0.0.1", 0]
     common = {
@@ -137,20 +170,22 @@ def _measure_in(
         "ready": str(run_dir / "ready.json"),
         "ready_timeout": timeout,
         "pin": _pin_cpu() if scenario.pinned else None,
+        "loop": loop,
+        "processes": params.get("client_processes", 1),
     }
     env = _child_env()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
     results: dict[str, Path] = {}
     try:
-        for role in ("server", "client"):
-            spec_path = run_dir / f"{role}.spec.json"
-            results[role] = run_dir / f"{role}.result.json"
-            logs[role] = run_dir / f"{role}.log"
-            spec = {**common, "role": role, "result": str(results[role])}
+        for name, role, index in _roles(params):
+            spec_path = run_dir / f"{name}.spec.json"
+            results[name] = run_dir / f"{name}.result.json"
+            logs[name] = run_dir / f"{name}.log"
+            spec = {**common, "role": role, "index": index, "result": str(results[name])}
             spec_path.write_text(json.dumps(spec), encoding="utf-8")
-            with open(logs[role], "wb") as log:
-                procs[role] = subprocess.Popen(
+            with open(logs[name], "wb") as log:
+                procs[name] = subprocess.Popen(
                     [sys.executable, "-m", "benchmarks._worker", str(spec_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -185,8 +220,13 @@ def _measure_in(
         problems.insert(0, f"timed out after {timeout:g} s ({', '.join(timed_out)} still running)")
     if problems:
         raise MeasurementError("; ".join(problems))
-    result: dict[str, Any] = outcome[scenario.measured_by]["result"]
-    return result
+    if scenario.measured_by != "all":
+        result: dict[str, Any] = outcome[scenario.measured_by]["result"]
+        return result
+    try:
+        return combine(scenario.kind, params, {role: o["result"] for role, o in outcome.items()})
+    except RuntimeError as exc:
+        raise MeasurementError(str(exc)) from exc
 
 
 def _wait_all(procs: dict[str, subprocess.Popen[bytes]], timeout: float) -> list[str]:
@@ -217,32 +257,34 @@ def _summarize(values: list[float]) -> dict[str, float] | None:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def _ratio(metric_higher_is_better: bool, baseline: float | None, candidate: float | None) -> Any:
-    if baseline is None or candidate is None:
+def _ratio(metric: Metric, baseline: float | None, candidate: float | None) -> Any:
+    if not metric.compared or baseline is None or candidate is None:
         return None
-    num, den = (candidate, baseline) if metric_higher_is_better else (baseline, candidate)
+    num, den = (candidate, baseline) if metric.higher_is_better else (baseline, candidate)
     return num / den if den else None
 
 
 def _finish(entry: dict[str, Any], scenario: Scenario) -> None:
     """Fill in each metric's samples, medians and ratio from the raw round results."""
     metrics = []
+    baseline, candidate = scenario.implementations
     for metric in scenario.metrics:
         samples = {
             impl: [r["result"][metric.key] for r in entry["raw"][impl] if r["result"] is not None]
-            for impl in IMPLEMENTATIONS
+            for impl in scenario.implementations
         }
-        summary = {impl: _summarize(samples[impl]) for impl in IMPLEMENTATIONS}
+        summary = {impl: _summarize(samples[impl]) for impl in scenario.implementations}
         median = {impl: (s["median"] if s else None) for impl, s in summary.items()}
         metrics.append(
             {
                 "key": metric.key,
                 "unit": metric.unit,
                 "higher_is_better": metric.higher_is_better,
+                "compared": metric.compared,
                 "samples": samples,
                 "summary": summary,
                 "median": median,
-                "ratio": _ratio(metric.higher_is_better, median[BASELINE], median[CANDIDATE]),
+                "ratio": _ratio(metric, median[baseline], median[candidate]),
             }
         )
     entry["metrics"] = metrics
@@ -263,21 +305,26 @@ def run(
     quick: bool = False,
     progress: Progress | None = None,
     timeout: float | None = None,
+    loop: str = "auto",
 ) -> dict[str, Any]:
     """Run the benchmarks; return every raw sample with medians and ratios.
 
     ``scenarios`` are substrings of scenario names (None: all of them).
     ``rounds`` defaults to 5 (2 with ``quick``, which also uses smaller counts).
-    Each round runs stdlib then mpwire, each in a fresh server and client
-    process; ``timeout`` (seconds) bounds each pair. A failed measurement is
+    Each round runs the scenario's baseline (stdlib for most) then its
+    candidate (mpwire for most), each in a fresh server and client process(es);
+    ``timeout`` (seconds) bounds each measurement. ``loop`` picks the event
+    loop of asyncio processes (see :data:`LOOPS`). A failed measurement is
     recorded in its scenario's ``errors`` and the run goes on. ``progress`` is
     called with a line of text after each measurement.
 
     The result holds ``meta`` and ``scenarios``, a list of dicts with ``name``,
-    ``description``, ``params``, ``raw`` (per implementation, one entry per
-    round: the measuring child's full result or None, and the error), ``errors``
-    and ``metrics`` (per metric: ``unit``, ``higher_is_better``, ``samples``,
-    ``median`` per implementation, and ``ratio``, > 1 when mpwire is better).
+    ``label`` (the name shown, with quick counts), ``description``,
+    ``baseline`` and ``candidate``, ``params``, ``raw`` (per implementation,
+    one entry per round: the measured full result or None, and the error),
+    ``errors`` and ``metrics`` (per metric: ``unit``, ``higher_is_better``,
+    ``samples``, ``median`` per implementation, and ``ratio``, > 1 when the
+    candidate is better; None for a figure not ``compared``).
     """
     chosen = select(
         scenarios if scenarios is None or isinstance(scenarios, str) else list(scenarios)
@@ -285,9 +332,11 @@ def run(
     rounds = (QUICK_ROUNDS if quick else DEFAULT_ROUNDS) if rounds is None else rounds
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {loop!r}")
     timeout = (QUICK_TIMEOUT if quick else DEFAULT_TIMEOUT) if timeout is None else timeout
-    results: dict[str, Any] = {"meta": _meta(rounds, quick, timeout), "scenarios": []}
-    total = len(chosen) * rounds * len(IMPLEMENTATIONS)
+    results: dict[str, Any] = {"meta": _meta(rounds, quick, timeout, loop), "scenarios": []}
+    total = sum(len(s.implementations) for s in chosen) * rounds
     done = 0
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mpwire-bench-"))
@@ -296,26 +345,29 @@ def run(
             params = scenario.parameters(quick)
             entry: dict[str, Any] = {
                 "name": scenario.name,
+                "label": scenario.label(quick),
                 "description": scenario.description,
+                "baseline": scenario.baseline,
+                "candidate": scenario.candidate,
                 "kind": scenario.kind,
                 "transport": scenario.transport,
                 "pinned": scenario.pinned,
                 "params": params,
-                "raw": {impl: [] for impl in IMPLEMENTATIONS},
+                "raw": {impl: [] for impl in scenario.implementations},
                 "errors": [],
             }
-            failures = dict.fromkeys(IMPLEMENTATIONS, 0)
+            failures = dict.fromkeys(scenario.implementations, 0)
             for round_no in range(1, rounds + 1):
-                for impl in IMPLEMENTATIONS:
+                for impl in scenario.implementations:
                     done += 1
-                    label = f"[{done:>3}/{total}] {scenario.name} round {round_no}/{rounds} {impl}"
+                    label = f"[{done:>3}/{total}] {entry['label']} round {round_no}/{rounds} {impl}"
                     if failures[impl] >= MAX_FAILURES:
                         if progress:
                             progress(f"{label}: skipped after {failures[impl]} failures")
                         continue
                     t0 = time.monotonic()
                     try:
-                        result = measure(scenario, impl, params, workdir, timeout)
+                        result = measure(scenario, impl, params, workdir, timeout, loop)
                     except MeasurementError as exc:
                         failures[impl] += 1
                         error = str(exc)

@@ -5,9 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SCENARIOS", "Metric", "Scenario", "select"]
+__all__ = ["BASELINE", "CANDIDATE", "MODULES", "SCENARIOS", "Metric", "Scenario", "select"]
 
 MiB = 1024 * 1024
+
+MODULES: dict[str, str] = {
+    "stdlib": "multiprocessing.connection",
+    "mpwire": "mpwire.connection",
+    "mpwire.asyncio": "mpwire.asyncio",
+}
+"""What a scenario can compare: name -> module (imported only in the children)."""
+
+BASELINE = "stdlib"
+CANDIDATE = "mpwire"
+"""The pair most scenarios compare; a scenario may name another (its baseline runs first)."""
 
 
 @dataclass(frozen=True)
@@ -17,14 +28,21 @@ class Metric:
     key: str
     unit: str
     higher_is_better: bool = True
+    compared: bool = True
+    """False for a figure shown for both but not a contest (no ratio)."""
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """A measurement, run once per round and implementation in a fresh process pair.
+    """A measurement, run once per round and implementation in fresh processes.
 
     ``kind`` picks the server and client functions in :mod:`benchmarks._worker`;
-    ``measured_by`` is the role whose result holds the metrics.
+    ``measured_by`` is the role whose result holds the metrics, or "all":
+    :func:`benchmarks.combine.combine` makes one result of the server's and
+    every client process's (``params["client_processes"]`` of them, default 1).
+    ``baseline`` and ``candidate`` name the two implementations compared
+    (keys of :data:`MODULES`); ``quick_name`` is the name shown for a
+    quick run when the name spells out counts that quick mode changes.
     """
 
     name: str
@@ -36,6 +54,18 @@ class Scenario:
     measured_by: str = "client"
     pinned: bool = False
     metrics: tuple[Metric, ...] = field(default=(Metric("rate", "round trips/s"),))
+    baseline: str = BASELINE
+    candidate: str = CANDIDATE
+    quick_name: str | None = None
+
+    @property
+    def implementations(self) -> tuple[str, str]:
+        """The two implementations, in the order each round runs them."""
+        return (self.baseline, self.candidate)
+
+    def label(self, quick: bool) -> str:
+        """The name to show for a full or a quick run."""
+        return (self.quick_name if quick else None) or self.name
 
     def parameters(self, quick: bool) -> dict[str, Any]:
         """The parameters for a full or a quick run."""
@@ -50,14 +80,40 @@ _BULK = {"size": 64 * MiB, "transfers": 6}
 _BULK_QUICK = {"transfers": 3}
 _CONNECT = {"count": 200, "warmup": 3, "max_seconds": 3.0}
 _CONNECT_QUICK = {"count": 50, "max_seconds": 1.0}
+_CLIENTS = {
+    "clients": 1_000,
+    "round_trips": 100,
+    "size": 64,
+    "warmup": 1,
+    "backlog": 1024,
+    "client_processes": 2,
+}
+_CLIENTS_QUICK = {"clients": 200, "round_trips": 20}
+_CLIENTS_METRICS = (
+    Metric("rate", "round trips/s"),
+    Metric("seconds", "total seconds", higher_is_better=False),
+    Metric("connect_seconds", "seconds to connect all", higher_is_better=False),
+    Metric("replies", "replies checked", compared=False),
+    Metric("server_cpus", "server CPUs busy", compared=False),
+    Metric("client_cpus", "client CPUs busy", compared=False),
+    Metric("other_cpus", "other CPUs busy (not this benchmark)", compared=False),
+)
 _BULK_METRICS = (
     Metric("rate", "GB/s"),
     Metric("rss_ratio", "peak RSS / payload", higher_is_better=False),
 )
 
 
-def _both(name: str, **kwargs: Any) -> list[Scenario]:
-    return [Scenario(f"{name}/{t}", transport=t, **kwargs) for t in ("unix", "tcp")]
+def _both(name: str, quick_name: str | None = None, **kwargs: Any) -> list[Scenario]:
+    return [
+        Scenario(
+            f"{name}/{t}",
+            transport=t,
+            quick_name=quick_name and f"{quick_name}/{t}",
+            **kwargs,
+        )
+        for t in ("unix", "tcp")
+    ]
 
 
 SCENARIOS: list[Scenario] = [
@@ -120,6 +176,40 @@ SCENARIOS: list[Scenario] = [
         params=_CONNECT,
         quick_params=_CONNECT_QUICK,
         metrics=(Metric("rate", "connections/s"),),
+    ),
+    *_both(
+        "pingpong-64B-bytes-asyncio",
+        kind="pingpong-bytes",
+        description="64-byte round trips, mpwire.asyncio client and server against blocking mpwire",
+        params=_PINGPONG,
+        quick_params=_PINGPONG_QUICK,
+        baseline="mpwire",
+        candidate="mpwire.asyncio",
+    ),
+    Scenario(
+        "pingpong-64B-bytes-asyncio-pinned/unix",
+        kind="pingpong-bytes",
+        transport="unix",
+        description="64-byte round trips, asyncio against blocking, on one CPU: CPU cost",
+        params=_PINGPONG,
+        quick_params=_PINGPONG_QUICK,
+        pinned=True,
+        baseline="mpwire",
+        candidate="mpwire.asyncio",
+    ),
+    *_both(
+        "clients-1000x100",
+        quick_name="clients-200x20",
+        kind="clients",
+        description=(
+            "1,000 mpwire.asyncio clients at once (2 processes), 100 checked 64-byte round trips "
+            "each; server: stdlib Listener + a thread per client, or mpwire.asyncio serve()"
+        ),
+        params=_CLIENTS,
+        quick_params=_CLIENTS_QUICK,
+        measured_by="all",
+        metrics=_CLIENTS_METRICS,
+        candidate="mpwire.asyncio",
     ),
 ]
 """Every scenario, in the order they run."""
