@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing.connection as stdlib
 import os
 import pickle
@@ -199,4 +200,36 @@ def test_user_mistakes_are_one_line(args: list[str], message: str) -> None:
     assert result.returncode in (1, 2)
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- bench -------------------------------------------------------------------------
+
+
+def test_bench_quick_writes_json_for_every_scenario_and_a_png(tmp_path: Path) -> None:
+    from mpwire.bench.scenarios import SCENARIOS
+
+    json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
+    outputs = ["--json", str(json_path), "--plot", str(png_path)]
+    result = subprocess.run(
+        [sys.executable, "-m", "mpwire", "bench", "--quick", "-q", *outputs],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(json_path.read_text())
+    assert [entry["name"] for entry in results["scenarios"]] == [s.name for s in SCENARIOS]
+    for entry in results["scenarios"]:
+        assert not entry["errors"], entry["errors"]
+        for metric in entry["metrics"]:
+            assert all(value is not None for value in metric["median"].values()), entry["name"]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ratio" in result.stdout
+
+
+def test_bench_usage_errors_are_one_line() -> None:
+    result = run("bench", "--only", "no-such-scenario")
+    assert result.returncode == 2
+    assert "no scenario matches" in result.stderr
     assert "Traceback" not in result.stderr

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 from . import __version__, demo, netcat
+from .bench.cli import main as bench_main
 from .exceptions import AuthenticationError
 
 PING_TIMEOUT = 5.0
@@ -116,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--count", type=int, help="stop after this many messages")
     _key_options(listen)
 
+    commands.add_parser(
+        "bench",
+        help="benchmark mpwire against the stdlib (--quick, --json, --plot; see bench --help)",
+        add_help=False,
+    )
     send = command(
         "send",
         _send,
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and ``python -m mpwire``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # its own parser: see mpwire.bench.cli
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

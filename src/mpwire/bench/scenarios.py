@@ -36,9 +36,9 @@ class Metric:
 class Scenario:
     """A measurement, run once per round and implementation in fresh processes.
 
-    ``kind`` picks the server and client functions in :mod:`benchmarks._worker`;
+    ``kind`` picks the server and client functions in :mod:`mpwire.bench._worker`;
     ``measured_by`` is the role whose result holds the metrics, or "all":
-    :func:`benchmarks.combine.combine` makes one result of the server's and
+    :func:`mpwire.bench.combine.combine` makes one result of the server's and
     every client process's (``params["client_processes"]`` of them, default 1).
     ``baseline`` and ``candidate`` name the two implementations compared
     (keys of :data:`MODULES`); ``quick_name`` is the name shown for a
@@ -76,6 +76,8 @@ _PINGPONG = {"size": 64, "count": 40_000, "warmup": 1_000, "batches": 8}
 _PINGPONG_QUICK = {"count": 6_000, "warmup": 500, "batches": 3}
 _STREAM = {"size": 1024, "count": 200_000, "warmup": 5_000, "batches": 5}
 _STREAM_QUICK = {"count": 40_000, "warmup": 2_000, "batches": 3}
+_SIZES = (("64B", 64, 200_000), ("16KiB", 16384, 16_000), ("256KiB", 256 * 1024, 1_000))
+"""The stream sizes besides 1 KiB, for throughput against message size (``--plot``)."""
 _BULK = {"size": 64 * MiB, "transfers": 6}
 _BULK_QUICK = {"transfers": 3}
 _CONNECT = {"count": 200, "warmup": 3, "max_seconds": 3.0}
@@ -148,6 +150,19 @@ SCENARIOS: list[Scenario] = [
         quick_params=_STREAM_QUICK,
         measured_by="server",
         metrics=(Metric("rate", "messages/s"),),
+    ),
+    *(
+        Scenario(
+            f"stream-{name}/unix",
+            kind="stream",
+            transport="unix",
+            description=f"one-way stream of {name} send_bytes messages: throughput by size",
+            params={"size": size, "count": count, "warmup": count // 20, "batches": 3},
+            quick_params={"count": count // 4, "warmup": count // 80},
+            measured_by="server",
+            metrics=(Metric("rate", "messages/s"),),
+        )
+        for name, size, count in _SIZES
     ),
     Scenario(
         "bytes-64MiB/unix",

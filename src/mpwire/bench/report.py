@@ -91,7 +91,7 @@ def _setups(entry: dict[str, Any]) -> list[str]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """The medians and ratios of a :func:`benchmarks.run` result, with notes and failures.
+    """The medians and ratios of a :func:`mpwire.bench.run` result, with notes and failures.
 
     Scenarios are grouped by the pair they compare, each group under its own
     column headings: the baseline's median, then the candidate's.

@@ -52,7 +52,8 @@ KILL_GRACE = 3.0
 Progress = Callable[[str], None]
 """Called with one line of text as each measurement ends."""
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder holding this mpwire package: the children import this very copy."""
 
 
 class MeasurementError(Exception):
@@ -102,7 +103,7 @@ def _loadavg() -> list[float] | None:
 
 
 def _child_env() -> dict[str, str]:
-    """The environment for children: this benchmarks package importable wherever we run."""
+    """The environment for children: this mpwire importable wherever we run."""
     env = dict(os.environ)
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(_PACKAGE_ROOT) + (os.pathsep + path if path else "")
@@ -186,7 +187,7 @@ def _measure_in(
             spec_path.write_text(json.dumps(spec), encoding="utf-8")
             with open(logs[name], "wb") as log:
                 procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "benchmarks._worker", str(spec_path)],
+                    [sys.executable, "-m", "mpwire.bench._worker", str(spec_path)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

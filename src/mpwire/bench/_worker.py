@@ -1,6 +1,6 @@
 """The child side of a measurement: one server or one client process.
 
-Run as ``python -m benchmarks._worker SPEC.json``. The spec (written by the
+Run as ``python -m mpwire.bench._worker SPEC.json``. The spec (written by the
 runner) names the role, the scenario kind, the implementation, the address and
 the parameters. The implementation's module is imported here, by name, so the
 parent never touches the code being measured. The server binds a Listener,
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.metadata
 import json
 import os
 import resource
@@ -80,7 +81,8 @@ def _loop_factory(choice: str) -> tuple[Callable[[], asyncio.AbstractEventLoop],
             if choice == "uvloop":
                 raise
         else:
-            return uvloop.new_event_loop, f"uvloop {uvloop.__version__}"
+            version = importlib.metadata.version("uvloop")
+            return uvloop.new_event_loop, f"uvloop {version}"
     return asyncio.new_event_loop, "asyncio"
 
 

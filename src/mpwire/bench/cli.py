@@ -1,11 +1,13 @@
-"""Command line: ``python -m benchmarks [--quick] [--rounds N] [--only S] [--json FILE]``."""
+"""``mpwire bench [--quick] [--rounds N] [--only S] [--json FILE] [--plot FILE.png]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
+from . import plot
 from .report import format_table
 from .runner import LOOPS, run
 from .scenarios import SCENARIOS
@@ -15,7 +17,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog="mpwire bench",
         description=(
             "Compare mpwire.connection with multiprocessing.connection, "
             "and mpwire.asyncio with both."
@@ -35,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", metavar="FILE", help="write raw samples, medians and ratios")
     parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="chart throughput against message size (needs matplotlib: mpwire[plot])",
+    )
+    parser.add_argument(
         "--timeout", type=float, default=None, help="seconds allowed per measurement"
     )
     parser.add_argument(
@@ -48,8 +55,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+_COUNT = re.compile(r"\[\s*(\d+)/(\d+)\]\s*(.*)")
+_BAR = 30
+
+
 def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """A progress bar on a terminal (redrawn in place), else one line per measurement."""
+    found = _COUNT.match(line)
+    if found is None or not sys.stderr.isatty():
+        print(line, file=sys.stderr, flush=True)
+        return
+    done, total, what = int(found[1]), int(found[2]), found[3]
+    filled = _BAR * done // total
+    bar = "#" * filled + "." * (_BAR - filled)
+    end = "\n" if done == total else ""
+    print(f"\r\033[K[{bar}] {done}/{total} {what[:60]}", end=end, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds is not None and args.rounds < 1:
         print("--rounds must be at least 1", file=sys.stderr)
         return 2
+    if args.plot:
+        try:
+            plot.check_available()
+        except ImportError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         results = run(
             scenarios=args.only,
@@ -79,5 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
             f.write("\n")
+    if args.plot:
+        plot.plot(results, args.plot)
     print(format_table(results))
     return 1 if any(entry["errors"] for entry in results["scenarios"]) else 0

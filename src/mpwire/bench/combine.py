@@ -1,6 +1,6 @@
 """One result from every process of a measurement: the server's and each client process's.
 
-For scenarios measured by "all" (:class:`benchmarks.scenarios.Scenario`): the
+For scenarios measured by "all" (:class:`mpwire.bench.scenarios.Scenario`): the
 runner hands over each role's result, and gets back one holding the metrics.
 A RuntimeError means the measurement is not to be trusted (a lost reply).
 """

@@ -1,4 +1,4 @@
-"""``python -m benchmarks``: see :mod:`benchmarks`."""
+"""``mpwire bench``: see :mod:`mpwire.bench`."""
 
 from .cli import main
 

@@ -1,17 +1,17 @@
 """Benchmarks: mpwire.connection against multiprocessing.connection, and mpwire.asyncio.
 
-Run ``python -m benchmarks`` (``--quick``, ``--rounds N``, ``--only SUBSTRING``,
+Run ``mpwire bench`` (``--quick``, ``--rounds N``, ``--only SUBSTRING``,
 ``--json FILE``, ``--loop auto|uvloop|asyncio``, ``--list``), or from code::
 
-    import benchmarks
-    results = benchmarks.run(scenarios=["pingpong"], rounds=3, progress=print)
-    print(benchmarks.format_table(results))
+    from mpwire import bench
+    results = bench.run(scenarios=["pingpong"], rounds=3, progress=print)
+    print(bench.format_table(results))
 
 Method
 ------
 * Every measurement runs in fresh processes, a server and a client (or
   several client processes), started with ``subprocess`` (``python -m
-  benchmarks._worker``). The implementation is passed by name ("stdlib" ->
+  mpwire.bench._worker``). The implementation is passed by name ("stdlib" ->
   ``multiprocessing.connection``, "mpwire" -> ``mpwire.connection``,
   "mpwire.asyncio" -> ``mpwire.asyncio``) and imported only inside the
   children, so nothing is shared or warmed up between measurements. The children report
