@@ -298,11 +298,11 @@ def test_the_answer_uses_the_challenges_digest() -> None:
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="legacy stdlib peers are in tests/interop")
 def test_strict_listener_accepts_a_modern_stdlib_client(address: Any, background: Any) -> None:
-    if not isinstance(address, tuple) and not isinstance(address, str):
-        address = str(address)
+    if isinstance(address, tuple) and ":" in address[0]:
+        pytest.skip("the stdlib's Client cannot connect over IPv6")
     with mpwire.Listener(address, authkey=KEY, allow_legacy_auth=False) as listener:
         client = background(stdlib.Client, listener.address, authkey=KEY)
-        with listener.accept() as server, client.result() as conn:
+        with listener.accept(timeout=10) as server, client.result() as conn:
             conn.send("modern")
             assert server.recv() == "modern"
 
