@@ -142,28 +142,22 @@ def _send_half_then_interrupt(a: mpwire.Connection, b: mpwire.Connection, body: 
     threading.Thread(target=_interrupt_once_drained, args=(b,)).start()
 
 
-@pytest.mark.parametrize("first", ["recv_bytes", "recv_bytes_into"])
-@pytest.mark.parametrize("then", ["recv_bytes", "recv_bytes_into"])
-def test_an_interrupted_large_receive_resumes(interruptible: Any, first: str, then: str) -> None:
+@pytest.mark.parametrize("method", ["recv_bytes", "recv_bytes_into"])
+def test_an_interrupted_large_receive_closes_rather_than_lose_its_place(
+    interruptible: Any, method: str
+) -> None:
+    # The handler's exception may land just after a read returned, before the
+    # decoder noted the bytes: the only safe answer is to close.
     a, b = mpwire.Pipe()
-    body = os.urandom(200_000)
+    body = bytes(range(256)) * 1000
     with a, b:
         _send_half_then_interrupt(a, b, body)
         with pytest.raises(Interrupted):
-            if first == "recv_bytes":
+            if method == "recv_bytes":
                 b.recv_bytes()
             else:
                 b.recv_bytes_into(bytearray(300_000))
-        sender = threading.Thread(target=lambda: (os.write(a.fileno(), body[100_000:]), a.send(1)))
-        sender.start()
-        if then == "recv_bytes":
-            assert b.recv_bytes() == body
-        else:
-            target = bytearray(300_000)
-            assert b.recv_bytes_into(target) == len(body)
-            assert target[: len(body)] == body
-        assert b.recv() == 1
-        sender.join(10)
+        assert b.closed
 
 
 def test_an_interrupted_large_recv_closes_instead_of_waiting(interruptible: Any) -> None:

@@ -13,6 +13,7 @@ before the fork), and every wait on them is bounded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import multiprocessing
 import os
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from multiprocessing import connection as std_connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -49,6 +50,19 @@ WAIT = 30.0
 
 # Thread-based pytest-timeout for the tests that own SIGALRM (setitimer).
 OWNS_SIGALRM = pytest.mark.timeout(90, method="thread")
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_timer(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that owns SIGALRM: no timer left running, the handler restored."""
+    marker = request.node.get_closest_marker("timeout")
+    if marker is None or marker.kwargs.get("method") != "thread":
+        yield
+        return
+    handler = signal.getsignal(signal.SIGALRM)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, handler)
 
 
 class Interrupted(Exception):
@@ -211,7 +225,6 @@ def test_a_sender_killed_mid_message_ends_the_receive_promptly(kind: str, receiv
         # The first bytes are here; the frame is far larger than the socket buffers
         # and nobody reads it, so the sender is stuck in the middle of it.
         assert conn.poll(WAIT), "the sender never started"
-        call = None
         if receiving == "afterwards":
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(WAIT)
@@ -324,11 +337,22 @@ def signalled_body() -> bytes:
     return np.arange(SIGNALLED // 4, dtype="<u4").tobytes()
 
 
-BODY_SHA256 = hashlib.sha256(signalled_body()).digest()
+@functools.cache
+def body_sha256() -> bytes:
+    return hashlib.sha256(signalled_body()).digest()
+
+
+def in_timer_cleanup(frame: Any) -> bool:
+    """Whether a handler runs in contextlib's code (leaving signals_every_millisecond).
+
+    An exception raised there would skip stopping the timer.
+    """
+    return frame is not None and frame.f_code.co_filename == contextlib.__file__
 
 
 class SignalCounter:
-    """A SIGALRM handler counting its calls; it raises Interrupted on call ``raise_at``."""
+    """A SIGALRM handler counting its calls; it raises Interrupted once, on call ``raise_at``
+    (or the first one after it that does not land in the timer's own cleanup)."""
 
     def __init__(self, raise_at: int | None = None) -> None:
         self.count = 0
@@ -336,28 +360,36 @@ class SignalCounter:
 
     def __call__(self, signum: int, frame: Any) -> None:
         self.count += 1
-        if self.count == self.raise_at:
+        due = self.raise_at is not None and self.count >= self.raise_at
+        if due and not in_timer_cleanup(frame):
+            self.raise_at = None
             raise Interrupted(f"signal {self.count}")
 
 
+Handler = TypeVar("Handler", bound=Callable[[int, Any], None])
+
+
 @contextlib.contextmanager
-def signals_every_millisecond(handler: SignalCounter) -> Iterator[SignalCounter]:
+def signals_every_millisecond(handler: Handler) -> Iterator[Handler]:
     """SIGALRM every millisecond (ITIMER_REAL) handled by ``handler``, for the block."""
     previous = signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
     try:
         yield handler
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        # A signal delivered as the timer stopped runs its Python handler at the
-        # next check: run it now, while ours is still installed.
-        signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        signal.signal(signal.SIGALRM, previous)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            # A signal delivered as the timer stopped runs its Python handler at
+            # the next check: run it now, while ours is still installed.
+            signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        finally:
+            signal.signal(signal.SIGALRM, previous)
 
 
 def _send_under_signals(conn: mpwire.Connection, how: str, raise_at: int | None) -> None:
     """Child: send the body with its own 1 ms timer; report (outcome, signal count) after."""
     body = signalled_body()
+    conn.send_bytes(b"ready")
     outcome = "sent"
     with signals_every_millisecond(SignalCounter(raise_at)) as counter:
         try:
@@ -412,30 +444,29 @@ RECEIVERS: dict[str, Callable[[mpwire.Connection], bytes]] = {
     ],
 )
 def test_100_mb_arrive_intact_under_signals_every_millisecond(send: str, receive: str) -> None:
-    with (
-        report_listener() as reports,
-        child_peer("pipe", _send_under_signals, send, None) as (
-            conn,
-            _,
-        ),
-    ):
+    peer = child_peer("pipe", _send_under_signals, send, None)
+    with report_listener() as reports, peer as (conn, _):
+        assert conn.recv_bytes(timeout=WAIT) == b"ready"
         with signals_every_millisecond(SignalCounter()) as counter:
             got = RECEIVERS[receive](conn)
         outcome, child_signals = collect_report(reports)
     assert outcome == "sent"
-    assert len(got) == SIGNALLED and hashlib.sha256(got).digest() == BODY_SHA256
+    assert len(got) == SIGNALLED and hashlib.sha256(got).digest() == body_sha256()
     # 100 MiB take tens of milliseconds at least; each side saw its timer fire throughout.
     assert counter.count >= 10, f"the receiver's handler ran {counter.count} times"
     assert child_signals >= 10, f"the sender's handler ran {child_signals} times"
 
 
 def _send_body(conn: mpwire.Connection) -> None:
-    conn.send_bytes(signalled_body())
+    body = signalled_body()
+    conn.send_bytes(b"ready")
+    conn.send_bytes(body)
 
 
 @OWNS_SIGALRM
-def test_a_receive_interrupted_by_a_raising_handler_resumes_intact() -> None:
-    """The handler raises once, mid-transfer; the next recv_bytes gets the whole message.
+def test_a_receive_interrupted_by_a_raising_handler_never_gives_a_corrupt_message() -> None:
+    """The handler raises once, mid-transfer: the receive either got the whole message or
+    the connection is closed (it cannot know whether the read it interrupted took bytes).
 
     Where the exception lands is up to the scheduler, so this takes several rounds,
     raising at a different signal each time. (The sender runs without signals here:
@@ -444,21 +475,17 @@ def test_a_receive_interrupted_by_a_raising_handler_resumes_intact() -> None:
     outcomes = []
     for round_, raise_at in enumerate([2, 40, 7, 55, 13, 30, 21, 48]):
         with child_peer("pipe", _send_body) as (conn, _):
+            assert conn.recv_bytes(timeout=WAIT) == b"ready"
             with signals_every_millisecond(SignalCounter(raise_at)):
                 try:
                     got = RECEIVERS["recv_bytes" if round_ % 2 else "recv_bytes_into"](conn)
-                    outcomes.append("not interrupted")
                 except Interrupted:
-                    try:
-                        got = conn.recv_bytes(timeout=WAIT)
-                    except OSError as exc:
-                        raise AssertionError(
-                            f"round {round_} (raising at signal {raise_at}): the message was "
-                            f"not resumed: {exc!r}"
-                        ) from exc
+                    assert conn.closed, f"round {round_}: interrupted mid-message, left open"
                     outcomes.append("interrupted")
-            assert hashlib.sha256(got).digest() == BODY_SHA256, (
-                f"round {round_} (raising at signal {raise_at}): the resumed message is corrupt"
+                    continue
+            outcomes.append("whole")
+            assert hashlib.sha256(got).digest() == body_sha256(), (
+                f"round {round_} (raising at signal {raise_at}): the message is corrupt"
             )
     assert "interrupted" in outcomes
 
@@ -471,6 +498,7 @@ def test_a_send_interrupted_by_a_raising_handler_never_corrupts_the_stream(raise
         report_listener() as reports,
         child_peer("pipe", _send_under_signals, "send_bytes", raise_at) as (conn, _),
     ):
+        assert conn.recv_bytes(timeout=WAIT) == b"ready"
         try:
             got: bytes | OSError = conn.recv_bytes(timeout=WAIT)
         except OSError as exc:
@@ -482,7 +510,7 @@ def test_a_send_interrupted_by_a_raising_handler_never_corrupts_the_stream(raise
         assert ended_by_hangup(got), repr(got)
     else:
         # The only acceptable message is the one that was sent.
-        assert hashlib.sha256(got).digest() == BODY_SHA256, (
+        assert hashlib.sha256(got).digest() == body_sha256(), (
             f"the receiver got a corrupt message (the sender: {outcome!r}, then sent again)"
         )
 
@@ -512,12 +540,12 @@ def signal_main_thread_once_blocked(calls: set[str], fd: int) -> None:
 
 @needs_proc_syscall
 @pytest.mark.parametrize("size", [30_000, 3_000_000], ids=["read-ahead", "large"])
-def test_a_handler_raising_just_after_a_read_loses_no_bytes(
+def test_a_handler_raising_just_after_a_read_closes_rather_than_lose_bytes(
     raising_sigusr1: None, size: int
 ) -> None:
     """A handler installed with SA_RESTART (``siginterrupt(sig, False)``) runs after read()
-    returns the bytes it waited for, not inside it: the interrupted receive must still
-    account for those bytes, so that the next one resumes the message intact.
+    returns the bytes it waited for, not inside it: the receive cannot know whether it
+    noted them, so it must close instead of going on out of step.
     """
     signal.siginterrupt(signal.SIGUSR1, False)
     a, b = mpwire.Pipe()
@@ -536,16 +564,12 @@ def test_a_handler_raising_just_after_a_read_loses_no_bytes(
         writer = Call(interrupt_then_write)
         with pytest.raises(Interrupted):
             b.recv_bytes()
-        try:
-            resumed = b.recv_bytes(timeout=2)
-        except TimeoutError as exc:
-            raise AssertionError(
-                "the resumed receive waits for bytes that already arrived: the interrupted "
-                "one dropped what its last read() returned"
-            ) from exc
-        assert resumed == body, "the resumed message is corrupt"
-        assert b.recv_bytes(timeout=5) == b"after"
-        assert writer.outcome() is None
+        # The bytes that read() returned may or may not have been noted: the receive
+        # cannot tell, so it closes rather than resume out of step.
+        assert b.closed
+        with pytest.raises(OSError, match="closed"):
+            b.recv_bytes(timeout=2)
+        writer.outcome()
 
 
 @needs_proc_syscall
@@ -601,6 +625,7 @@ class Chaos:
         self.count += 1
         where = f"{frame.f_code.co_name}:{frame.f_lineno}" if frame else "?"
         if time.monotonic() > self.deadline:
+            signal.setitimer(signal.ITIMER_REAL, 0)  # once: the test ends with this
             raise Stuck(f"still running after {self.raised} interruptions, now in {where}")
         if self.raised < self.budget and frame and frame.f_code.co_filename.startswith(MPWIRE_DIR):
             self.raised += 1
@@ -654,48 +679,62 @@ def _receive_numbered(conn: mpwire.Connection, kind: str) -> None:
         report.send((ending, last))
 
 
+# One exception per connection, anywhere: what a program's Ctrl-C or alarm handler does.
+# (Timed calls are left out: between a timed lock acquisition and the code that
+# releases it there are a few bytecodes that no Python code can shield.)
+
+
 @OWNS_SIGALRM
-@pytest.mark.parametrize("timeout", [None, 3.0], ids=["blocking", "with-timeout"])
 @pytest.mark.parametrize("kind", sorted(SIZES))
 def test_a_handler_raising_anywhere_in_receives_never_desynchronises_the_stream(
-    kind: str, timeout: float | None
+    kind: str,
 ) -> None:
-    """Whole messages may be lost to the exceptions, never bytes; nothing wedges."""
-    last = -1
-    chaos = Chaos()
-    with child_peer("pipe", _send_numbered, kind) as (conn, _):
-        with signals_every_millisecond(chaos):
-            while last < COUNTS[kind]:
-                try:
-                    message = conn.recv_bytes(timeout=timeout)
-                except Interrupted:
-                    continue
-                except OSError as exc:
-                    raise AssertionError(
-                        f"after message {last} and {chaos.raised} interruptions: {exc!r}"
-                    ) from exc
-                last = check_numbered(message, last, SIZES[kind])
-        conn.send("done")
-    assert chaos.raised > 10, f"only {chaos.raised} interruptions"
+    """Whole messages may be lost to the exceptions, never bytes; nothing wedges.
+
+    An interruption either leaves the connection in step or closes it (when it
+    cannot know whether it lost bytes); rounds go on, each on a new connection,
+    until the handler has raised often enough.
+    """
+    raised = rounds = 0
+    while raised < 20 and rounds < 40:
+        rounds += 1
+        last = -1
+        chaos = Chaos(budget=1)
+        with child_peer("pipe", _send_numbered, kind) as (conn, _):
+            with signals_every_millisecond(chaos):
+                while last < COUNTS[kind]:
+                    try:
+                        if conn.closed:
+                            break
+                        message = conn.recv_bytes()
+                    except Interrupted:
+                        continue
+                    except OSError as exc:
+                        raise AssertionError(
+                            f"round {rounds}, after message {last} and {chaos.raised} "
+                            f"interruptions: {exc!r}"
+                        ) from exc
+                    last = check_numbered(message, last, SIZES[kind])
+            if not conn.closed:
+                conn.send("done")
+        raised += chaos.raised
+    assert raised >= 20, f"only {raised} interruptions in {rounds} rounds"
 
 
 @OWNS_SIGALRM
-@pytest.mark.parametrize("timeout", [None, 3.0], ids=["blocking", "with-timeout"])
 @pytest.mark.parametrize("kind", sorted(SIZES))
-def test_a_handler_raising_anywhere_in_sends_never_desynchronises_the_stream(
-    kind: str, timeout: float | None
-) -> None:
+def test_a_handler_raising_anywhere_in_sends_never_desynchronises_the_stream(kind: str) -> None:
     """An interrupted send either closes the connection or leaves the stream whole.
 
     Rounds go on, each on a new connection (an interruption part way through a
     frame closes one), until the handler has raised often enough; the child
     checks every message it receives.
     """
-    chaos = Chaos()
-    rounds = 0
+    raised = rounds = 0
     with report_listener() as reports:
-        while chaos.raised < 60 and rounds < 30:
+        while raised < 20 and rounds < 40:
             rounds += 1
+            chaos = Chaos(budget=1)
             with child_peer("pipe", _receive_numbered, kind) as (conn, _):
                 number, error = 0, None
                 with signals_every_millisecond(chaos):
@@ -703,19 +742,23 @@ def test_a_handler_raising_anywhere_in_sends_never_desynchronises_the_stream(
                         try:
                             if conn.closed:
                                 break
-                            conn.send_bytes(numbered(number, SIZES[kind]), timeout=timeout)
+                            conn.send_bytes(numbered(number, SIZES[kind]))
                         except Interrupted:
                             pass
                         except OSError as exc:
                             error = f"message {number}: {exc!r}"
                             break
                         number += 1
+                raised += chaos.raised
                 still_open = not conn.closed
                 if still_open and error is None:
-                    conn.send_bytes(numbered(COUNTS[kind], SIZES[kind]), timeout=3)
+                    try:
+                        conn.send_bytes(numbered(COUNTS[kind], SIZES[kind]), timeout=3)
+                    except OSError as exc:
+                        error = f"the end marker: {exc!r}"
                 conn.close()  # a child waiting for the rest of a frame sees the end
                 ending, last = collect_report(reports)
-            where = f"round {rounds}, after {chaos.raised} interruptions"
+            where = f"round {rounds}, after {raised} interruptions"
             assert error is None, f"{where}: the send failed ({error}); the receiver: {ending}"
             if still_open:
                 assert ending == "end marker", f"{where}: {ending} after message {last}"
@@ -723,7 +766,7 @@ def test_a_handler_raising_anywhere_in_sends_never_desynchronises_the_stream(
                 assert ending in ("end of stream between messages", "cut short"), (
                     f"{where}: {ending} after message {last}"
                 )
-    assert chaos.raised >= 60, f"{chaos.raised} interruptions in {rounds} rounds"
+    assert raised >= 20, f"{raised} interruptions in {rounds} rounds"
 
 
 # -- 4. close() from another thread wakes blocked calls ----------------------------------

@@ -86,6 +86,8 @@ class FrameDecoder:
     def __init__(
         self, max_size: int | None = None, *, read_ahead: int = READ_AHEAD, initial: bytes = b""
     ) -> None:
+        if read_ahead < 1:
+            raise ValueError("read_ahead must be at least 1 byte")
         self.max_size = max_size
         self._read_ahead = read_ahead
         self._buf = bytearray(min(INITIAL_READ_AHEAD, read_ahead))

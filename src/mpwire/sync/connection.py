@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Self, SupportsIndex
 
 from ..buffers import message_view, target_view
-from ..exceptions import BufferTooShort, FrameError
+from ..exceptions import BufferTooShort
 from ..protocol.frames import (
     FrameDecoder,
     LargeFrame,
@@ -55,13 +55,14 @@ _Buffer = Any
 """Any object supporting the buffer protocol (bytes, bytearray, memoryview, array, numpy)."""
 
 
-def _wait_for(fd: int, event: int, deadline: float, what: str) -> None:
-    """Wait until ``fd`` is ready for ``event``; TimeoutError at the deadline."""
+def _ready(fd: int, event: int, deadline: float) -> bool:
+    """Wait until ``fd`` is ready for ``event``; False once the deadline has passed."""
     poller = select.poll()
     poller.register(fd, event)
     while not poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000))):
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} timed out")
+            return False
+    return True
 
 
 def _socket_of(fd: int) -> socket.socket | None:
@@ -141,6 +142,8 @@ class Connection:
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
         self._closing: int | None = None
+        self._close_lock = threading.Lock()
+        self._polling = 0  # poll() calls waiting on the fd, which close() must wake too
         self._sock = sock
         self._tls = isinstance(sock, TLSSocket)
         self._send_flags = _NOSIGNAL
@@ -211,28 +214,26 @@ class Connection:
             return
         self._handle = self._readinto = self._write_fd = None
         self._closing = handle
-        if self._sock is not None and (self._recv_lock.locked() or self._send_lock.locked()):
+        busy = self._polling or self._recv_lock.locked() or self._send_lock.locked()
+        if self._sock is not None and busy:
             with contextlib.suppress(OSError):  # not connected any more: nothing to wake
                 self._sock.shutdown(socket.SHUT_RDWR)
         self._finish_close()
 
     def _finish_close(self) -> None:
-        """Close the fd once no send or receive is using it (the last one out calls this)."""
-        if not self._recv_lock.acquire(blocking=False):
+        """Close the fd once no call is using it (the last one out calls this).
+
+        A call that takes its lock after close() began finds the connection
+        closed before it touches the fd, so seeing both locks free is enough.
+        """
+        if self._polling or self._recv_lock.locked() or self._send_lock.locked():
             return
-        try:
-            if not self._send_lock.acquire(blocking=False):
-                return
-            try:
-                handle, self._closing = self._closing, None
-                if handle is not None:
-                    if self._sock is not None:
-                        self._sock.detach()
-                    os.close(handle)
-            finally:
-                self._send_lock.release()
-        finally:
-            self._recv_lock.release()
+        with self._close_lock:
+            handle, self._closing = self._closing, None
+            if handle is not None:
+                if self._sock is not None:
+                    self._sock.detach()
+                os.close(handle)
 
     def _fd(self) -> int:
         if self._handle is None:
@@ -291,66 +292,81 @@ class Connection:
     def _send_frame(self, payload: bytes | bytearray | memoryview, timeout: float | None) -> None:
         """Send one frame, whole: other senders wait, and a frame cut short closes."""
         lock = self._send_lock
-        if timeout is None:
-            lock.acquire()
-        elif not lock.acquire(True, timeout):
-            raise TimeoutError("send timed out waiting for another sender")
         try:
-            fd = self._write_fd
-            if fd is None:
-                fd = self._writable_fd()
-            size = len(payload)
-            if size <= _CONCAT_LIMIT:
-                data = encode_short_header(size) + payload
-                if timeout is None and self._after_first_send is None:
-                    sock = self._sock
-                    written = sock.send(data, self._send_flags) if sock else os.write(fd, data)
-                    if written != len(data):
-                        self._transmit(fd, [memoryview(data)[written:]], None, written)
-                    return
-                parts: list[Any] = [data]
+            if timeout is None:
+                with lock:  # (a with block releases even if an exception lands at once)
+                    self._write_frame(payload, None)
+            elif lock.acquire(True, timeout):
+                try:
+                    self._write_frame(payload, timeout)
+                finally:
+                    lock.release()
             else:
-                parts = [encode_header(size), payload]
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._transmit(fd, parts, deadline, 0)
-            if self._after_first_send is not None:
-                hook, self._after_first_send = self._after_first_send, None
-                hook()
+                raise TimeoutError("send timed out waiting for another sender")
         finally:
-            lock.release()
             if self._closing is not None:
                 self._finish_close()
 
-    def _transmit(self, fd: int, parts: list[Any], deadline: float | None, sent: int) -> None:
+    def _write_frame(self, payload: bytes | bytearray | memoryview, timeout: float | None) -> None:
+        """Write the frame (the send lock held)."""
+        fd = self._write_fd
+        if fd is None:
+            fd = self._writable_fd()
+        size = len(payload)
+        if size <= _CONCAT_LIMIT:
+            data = encode_short_header(size) + payload
+            if timeout is None and self._after_first_send is None:
+                sock = self._sock
+                try:
+                    written = sock.send(data, self._send_flags) if sock else os.write(fd, data)
+                except BlockingIOError:
+                    raise  # a non-blocking fd that had no room: nothing left
+                except BaseException:
+                    self.close()  # part of the frame may have left
+                    raise
+                if written != len(data):
+                    self._transmit(fd, [memoryview(data)[written:]], None, True)
+                return
+            parts: list[Any] = [data]
+        else:
+            parts = [encode_header(size), payload]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._transmit(fd, parts, deadline, False)
+        if self._after_first_send is not None:
+            hook, self._after_first_send = self._after_first_send, None
+            hook()
+
+    def _transmit(self, fd: int, parts: list[Any], deadline: float | None, began: bool) -> None:
         """Write every byte of ``parts``, resuming after partial writes.
 
-        ``sent`` counts the frame's bytes already written: if any went out and
-        this fails, the peer has half a frame and the connection is closed.
+        ``began`` tells whether a write of this frame was attempted already.
+        Once one was, any failure may leave the peer with part of the frame
+        (an exception can even land just after a write returned), so it
+        closes the connection; a timeout before the first write leaves it usable.
         """
         try:
             while parts:
-                written = self._write_some(fd, parts, deadline)
-                sent += written
+                if deadline is not None and not _ready(fd, select.POLLOUT, deadline):
+                    raise TimeoutError("send timed out")
+                began = True
+                written = self._write_some(fd, parts, deadline is not None)
                 while parts and written >= len(parts[0]):
                     written -= len(parts.pop(0))
                 if written:
                     parts[0] = memoryview(parts[0])[written:]
         except BaseException:
-            if sent:
+            if began:
                 self.close()
             raise
 
-    def _write_some(self, fd: int, parts: list[Any], deadline: float | None) -> int:
-        """One vectored write; with a deadline, wait for room first instead of blocking."""
+    def _write_some(self, fd: int, parts: list[Any], timed: bool) -> int:
+        """One vectored write; ``timed``: the fd has room, and the write must not block."""
         sock = self._sock
         if isinstance(sock, TLSSocket):
-            if deadline is not None:
-                _wait_for(fd, select.POLLOUT, deadline, "send")
             with memoryview(parts[0]) as first, first.cast("B") as flat:
-                return sock.send(flat if deadline is None else flat[:_TLS_RECORD])
-        if deadline is None:
+                return sock.send(flat[:_TLS_RECORD] if timed else flat)
+        if not timed:
             return sock.sendmsg(parts, (), _NOSIGNAL) if sock else os.writev(fd, parts)
-        _wait_for(fd, select.POLLOUT, deadline, "send")
         if sock is not None:
             try:
                 return sock.sendmsg(parts, (), _NOSIGNAL | socket.MSG_DONTWAIT)
@@ -407,39 +423,59 @@ class Connection:
         One receiver at a time; a malformed or oversized frame closes.
         """
         lock = self._recv_lock
-        if timeout is None:
-            lock.acquire()
-        elif not lock.acquire(True, timeout):
-            raise TimeoutError("recv timed out waiting for another receiver")
         try:
-            readinto = self._readinto or self._reader()
-            decoder = self._decoder
-            stream = load and timeout is None and self._streams
-            try:
-                frame = decoder.next_frame(maxlength, into, stream)
-                if frame is None:
-                    deadline = None if timeout is None else time.monotonic() + timeout
-                    while frame is None:
-                        if deadline is not None and not self._tls_buffered():
-                            _wait_for(self._fd(), select.POLLIN, deadline, "recv")
-                        if not decoder.fill(readinto):
-                            raise decoder.eof_error()
-                        frame = decoder.next_frame(maxlength, into, stream)
-            except FrameError:
-                self.close()
-                raise
-            finally:
-                if into is not None:
-                    decoder.release_target()
-            if not load:
-                return frame
-            if isinstance(frame, LargeFrame):
-                return self._load_streamed(frame, readinto)
-            return self._serializer.loads(frame)  # type: ignore[arg-type]  # bytes: no `into`
+            if timeout is None:
+                with lock:  # (a with block releases even if an exception lands at once)
+                    return self._take(maxlength, into, load, None)
+            if lock.acquire(True, timeout):
+                try:
+                    return self._take(maxlength, into, load, timeout)
+                finally:
+                    lock.release()
+            raise TimeoutError("recv timed out waiting for another receiver")
         finally:
-            lock.release()
             if self._closing is not None:
                 self._finish_close()
+
+    def _take(
+        self, maxlength: int | None, into: memoryview | None, load: bool, timeout: float | None
+    ) -> Any:
+        """Read and decode the next message (the receive lock held)."""
+        readinto = self._readinto or self._reader()
+        decoder = self._decoder
+        stream = load and timeout is None and self._streams
+        try:
+            frame = decoder.next_frame(maxlength, into, stream)
+            if frame is None:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while frame is None:
+                    if (
+                        deadline is not None
+                        and not self._tls_buffered()
+                        and not _ready(self._fd(), select.POLLIN, deadline)
+                    ):
+                        break  # what arrived of the message stays buffered
+                    if not decoder.fill(readinto):
+                        raise decoder.eof_error()
+                    frame = decoder.next_frame(maxlength, into, stream)
+        except (BlockingIOError, EOFError):
+            raise  # nothing taken: a non-blocking fd, or the peer's clean end
+        except BaseException:
+            # A bad frame, or an exception (a signal handler's, say) that
+            # may have landed between a read and the decoder's note of it:
+            # the stream is not known to be in step any more.
+            self.close()
+            raise
+        finally:
+            if into is not None:
+                decoder.release_target()
+        if frame is None:
+            raise TimeoutError("recv timed out")
+        if not load:
+            return frame
+        if isinstance(frame, LargeFrame):
+            return self._load_streamed(frame, readinto)
+        return self._serializer.loads(frame)  # type: ignore[arg-type]  # bytes: no `into`
 
     def _load_streamed(self, frame: LargeFrame, readinto: ReadInto) -> Any:
         """Unpickle a large frame as its bytes arrive."""
@@ -466,7 +502,13 @@ class Connection:
             return True
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
+        self._polling += 1
+        try:
+            return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
+        finally:
+            self._polling -= 1
+            if self._closing is not None:
+                self._finish_close()
 
     def _has_buffered(self) -> bool:
         """Whether a read-ahead (or TLS) holds bytes that the fd no longer shows."""
