@@ -560,6 +560,17 @@ def run(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(CALL_TIMEOUT)
 
 
+def asyncio_listener(
+    loop: asyncio.AbstractEventLoop, address: Any, authkey: bytes | None
+) -> mpwire.asyncio.Listener:
+    """An mpwire.asyncio.Listener made on ``loop`` (its queue belongs to that loop)."""
+
+    async def listen() -> mpwire.asyncio.Listener:
+        return mpwire.asyncio.Listener(address, authkey=authkey)
+
+    return run(loop, listen())  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("authkey", AUTH_MODES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_asyncio_listener_stdlib_client(
@@ -569,10 +580,7 @@ def test_asyncio_listener_stdlib_client(
     socket_path: str,
     loop: asyncio.AbstractEventLoop,
 ) -> None:
-    async def listen() -> mpwire.asyncio.Listener:
-        return mpwire.asyncio.Listener(listen_address(family, socket_path), authkey=authkey)
-
-    listener = run(loop, listen())
+    listener = asyncio_listener(loop, listen_address(family, socket_path), authkey)
     try:
         address = json.dumps(listener.address)
         with start_peer(peer_python, "connect", family, authkey, address=address) as peer:
@@ -608,10 +616,7 @@ def test_stdlib_listener_asyncio_client(
 def test_wrong_key_asyncio_listener(
     peer_python: Any, family: str, socket_path: str, loop: asyncio.AbstractEventLoop
 ) -> None:
-    async def listen() -> mpwire.asyncio.Listener:
-        return mpwire.asyncio.Listener(listen_address(family, socket_path), authkey=AUTHKEY)
-
-    listener = run(loop, listen())
+    listener = asyncio_listener(loop, listen_address(family, socket_path), AUTHKEY)
     try:
         address = json.dumps(listener.address)
         with start_peer(peer_python, "connect", family, WRONG_AUTHKEY, address=address) as peer:
