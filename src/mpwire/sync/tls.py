@@ -47,9 +47,6 @@ class TLSSocket:
     def setblocking(self, flag: bool) -> None:
         self.sock.setblocking(flag)
 
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
-
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
 
@@ -58,10 +55,6 @@ class TLSSocket:
 
     def close(self) -> None:
         self.sock.close()
-
-    def getpeercert(self) -> dict[str, object] | None:
-        """The peer's certificate, checked (see ``ssl.SSLSocket.getpeercert``)."""
-        return self._tls.getpeercert()  # type: ignore[return-value]
 
     def pending(self) -> bool:
         """Whether received bytes wait inside TLS (decrypted or not) for recv_into()."""
