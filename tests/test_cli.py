@@ -221,11 +221,35 @@ def test_bench_quick_writes_json_for_every_scenario_and_a_png(tmp_path: Path) ->
     results = json.loads(json_path.read_text())
     assert [entry["name"] for entry in results["scenarios"]] == [s.name for s in SCENARIOS]
     for entry in results["scenarios"]:
+        assert "skipped" not in entry, entry["skipped"]  # the test extra installs them all
         assert not entry["errors"], entry["errors"]
         for metric in entry["metrics"]:
             assert all(value is not None for value in metric["median"].values()), entry["name"]
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "ratio" in result.stdout
+
+
+def test_bench_skips_a_scenario_whose_modules_are_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from mpwire import bench
+
+    real_find_spec = importlib.util.find_spec
+
+    def without_zmq(name: str, package: str | None = None) -> Any:
+        return None if name == "zmq" else real_find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_zmq)
+    lines: list[str] = []
+    results = bench.run(["vs-pyzmq"], quick=True, progress=lines.append)
+    entries = results["scenarios"]
+    assert entries and all(e["skipped"] == "needs zmq: not installed" for e in entries)
+    assert all("metrics" not in e and not e["errors"] for e in entries)
+    assert len(lines) == len(entries) and all("skipped" in line for line in lines)
+    table = bench.format_table(results)
+    assert "Skipped:\n  pingpong-64B-bytes-vs-pyzmq/unix: needs zmq: not installed" in table
 
 
 def test_bench_usage_errors_are_one_line() -> None:

@@ -9,21 +9,27 @@ Run ``mpwire bench`` (``--quick``, ``--rounds N``, ``--only SUBSTRING``,
 
 Method
 ------
-* Every measurement runs in fresh processes, a server and a client (or
-  several client processes), started with ``subprocess`` (``python -m
+* Every measurement runs in fresh processes, a server and a client (or several
+  client processes), started with ``subprocess`` (``python -m
   mpwire.bench._worker``). The implementation is passed by name ("stdlib" ->
   ``multiprocessing.connection``, "mpwire" -> ``mpwire.connection``,
-  "mpwire.asyncio" -> ``mpwire.asyncio``) and imported only inside the
-  children, so nothing is shared or warmed up between measurements. The children report
-  through JSON files, never through the connection being measured, and find
-  each other through a "ready" file in which the server writes the address its
-  Listener is bound to (a Unix socket in a private ``tempfile.mkdtemp()``
-  folder, or 127.0.0.1 with an ephemeral port: no network beyond loopback).
+  "mpwire.asyncio" -> ``mpwire.asyncio``, "pyzmq" ->
+  ``mpwire.bench.zmq_peer``, pyzmq's PAIR sockets behind the same method
+  names) and imported only inside the children, so nothing is shared or warmed
+  up between measurements. The children report through JSON files, never
+  through the connection being measured, and find each other through a "ready"
+  file in which the server writes the address its Listener is bound to (a Unix
+  socket in a private ``tempfile.mkdtemp()`` folder, or 127.0.0.1 with an
+  ephemeral port: no network beyond loopback).
 * Each scenario compares two implementations, a baseline and a candidate:
   stdlib and mpwire for most; mpwire (the blocking API) and mpwire.asyncio for
   the asyncio ping-pongs; stdlib and mpwire.asyncio (as the server) for the
-  many-clients scenario. They alternate within a run: round 1 runs the
-  baseline then the candidate, round 2 the same, and so on (5 rounds by
+  many-clients scenario; pyzmq and mpwire for the ``-vs-pyzmq`` scenarios
+  (ping-pong, 1 KiB stream, 64 MiB bytes, and a 64 MiB array, which pyzmq
+  sends with its zero-copy multipart idiom; zmq has no authkey, so its key is
+  ignored). A scenario whose modules are not installed (numpy, pyzmq) is
+  skipped, and the table and the JSON say why. They alternate within a run:
+  round 1 runs the baseline then the candidate, round 2 the same, and so on (5 rounds by
   default), so drift in machine load hits both alike. The table groups the
   scenarios by pair and shows each side's median over rounds, with ± half the
   min-max range. mpwire.asyncio processes run on uvloop when it is installed

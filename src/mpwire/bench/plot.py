@@ -21,8 +21,12 @@ def check_available() -> None:
 
 
 def _points(results: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
-    """(message size, MB/s) for each implementation, from the one-way scenarios over Unix."""
-    points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    """(message size, MB/s) for each implementation, from the one-way scenarios over Unix.
+
+    An implementation measured at one size in several scenarios (mpwire against
+    the stdlib, then against pyzmq) keeps its first figure.
+    """
+    points: dict[str, dict[int, float]] = defaultdict(dict)
     for entry in results["scenarios"]:
         one_way = entry["kind"] in ("stream", "bulk-bytes") and entry["transport"] == "unix"
         if not one_way or not entry.get("metrics"):
@@ -34,8 +38,8 @@ def _points(results: dict[str, Any]) -> dict[str, list[tuple[int, float]]]:
                 continue
             # GB/s for bulk transfers, messages/s for streams: both as MB/s.
             mbps = median * 1000 if rate["unit"] == "GB/s" else median * size / 1e6
-            points[impl].append((size, mbps))
-    return {impl: sorted(values) for impl, values in points.items()}
+            points[impl].setdefault(size, mbps)
+    return {impl: sorted(values.items()) for impl, values in points.items()}
 
 
 def plot(results: dict[str, Any], path: str) -> None:

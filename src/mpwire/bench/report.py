@@ -101,7 +101,11 @@ def format_table(results: dict[str, Any]) -> str:
     groups: dict[tuple[str, str], list[list[str]]] = {}
     failures: list[str] = []
     setups: list[str] = []
+    skipped: list[str] = []
     for entry in results["scenarios"]:
+        if "skipped" in entry:
+            skipped.append(f"{entry.get('label', entry['name'])}: {entry['skipped']}")
+            continue
         groups.setdefault(_pair(entry), []).extend(_rows(entry, rounds))
         setups += _setups(entry)
         failures += [
@@ -114,7 +118,7 @@ def format_table(results: dict[str, Any]) -> str:
         for pair in groups
     }
     everything = list(headers.values()) + [r for rows in groups.values() for r in rows]
-    widths = [max(len(r[i]) for r in everything) for i in range(5)]
+    widths = [max((len(r[i]) for r in everything), default=0) for i in range(5)]
 
     def line(cells: list[str]) -> str:
         left = [c.ljust(w) for c, w in zip(cells[:2], widths[:2], strict=True)]
@@ -140,6 +144,8 @@ def format_table(results: dict[str, Any]) -> str:
         ]
     if setups:
         out += ["", "Setups:", *(f"  {s}" for s in setups)]
+    if skipped:
+        out += ["", "Skipped:", *(f"  {s}" for s in skipped)]
     if failures:
         out += ["", "Failures:", *(f"  {f}" for f in failures)]
     footer = []

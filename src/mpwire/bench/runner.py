@@ -323,7 +323,8 @@ def run(
     ``label`` (the name shown, with quick counts), ``description``,
     ``baseline`` and ``candidate``, ``params``, ``raw`` (per implementation,
     one entry per round: the measured full result or None, and the error),
-    ``errors`` and ``metrics`` (per metric: ``unit``, ``higher_is_better``,
+    ``errors``, ``skipped`` (why, for a scenario whose ``requires`` are not
+    installed; it has no ``metrics``) and ``metrics`` (per metric: ``unit``, ``higher_is_better``,
     ``samples``, ``median`` per implementation, and ``ratio``, > 1 when the
     candidate is better; None for a figure not ``compared``).
     """
@@ -337,7 +338,8 @@ def run(
         raise ValueError(f"loop must be one of {', '.join(LOOPS)}, not {loop!r}")
     timeout = (QUICK_TIMEOUT if quick else DEFAULT_TIMEOUT) if timeout is None else timeout
     results: dict[str, Any] = {"meta": _meta(rounds, quick, timeout, loop), "scenarios": []}
-    total = sum(len(s.implementations) for s in chosen) * rounds
+    missing = {s.name: s.missing() for s in chosen}
+    total = sum(len(s.implementations) for s in chosen if not missing[s.name]) * rounds
     done = 0
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mpwire-bench-"))
@@ -357,6 +359,12 @@ def run(
                 "raw": {impl: [] for impl in scenario.implementations},
                 "errors": [],
             }
+            if missing[scenario.name]:
+                entry["skipped"] = f"needs {', '.join(missing[scenario.name])}: not installed"
+                if progress:
+                    progress(f"{entry['label']}: skipped, {entry['skipped']}")
+                results["scenarios"].append(entry)
+                continue
             failures = dict.fromkeys(scenario.implementations, 0)
             for round_no in range(1, rounds + 1):
                 for impl in scenario.implementations:

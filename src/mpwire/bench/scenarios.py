@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ MODULES: dict[str, str] = {
     "stdlib": "multiprocessing.connection",
     "mpwire": "mpwire.connection",
     "mpwire.asyncio": "mpwire.asyncio",
+    "pyzmq": "mpwire.bench.zmq_peer",
 }
 """What a scenario can compare: name -> module (imported only in the children)."""
 
@@ -43,6 +45,8 @@ class Scenario:
     ``baseline`` and ``candidate`` name the two implementations compared
     (keys of :data:`MODULES`); ``quick_name`` is the name shown for a
     quick run when the name spells out counts that quick mode changes.
+    ``requires`` lists the modules it needs besides mpwire (numpy, zmq): a
+    scenario whose modules are not installed is skipped, and says so.
     """
 
     name: str
@@ -57,11 +61,16 @@ class Scenario:
     baseline: str = BASELINE
     candidate: str = CANDIDATE
     quick_name: str | None = None
+    requires: tuple[str, ...] = ()
 
     @property
     def implementations(self) -> tuple[str, str]:
         """The two implementations, in the order each round runs them."""
         return (self.baseline, self.candidate)
+
+    def missing(self) -> list[str]:
+        """The modules in ``requires`` that are not installed."""
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
     def label(self, quick: bool) -> str:
         """The name to show for a full or a quick run."""
@@ -183,6 +192,7 @@ SCENARIOS: list[Scenario] = [
         quick_params=_BULK_QUICK,
         measured_by="server",
         metrics=_BULK_METRICS,
+        requires=("numpy",),
     ),
     *_both(
         "connect-auth",
@@ -225,6 +235,51 @@ SCENARIOS: list[Scenario] = [
         measured_by="all",
         metrics=_CLIENTS_METRICS,
         candidate="mpwire.asyncio",
+    ),
+    Scenario(
+        "pingpong-64B-bytes-vs-pyzmq/unix",
+        kind="pingpong-bytes",
+        transport="unix",
+        description="64-byte round trips, mpwire against pyzmq PAIR sockets over ipc://",
+        params=_PINGPONG,
+        quick_params=_PINGPONG_QUICK,
+        baseline="pyzmq",
+        requires=("zmq",),
+    ),
+    *_both(
+        "stream-1KiB-vs-pyzmq",
+        kind="stream",
+        description="one-way stream of 1 KiB messages, mpwire against pyzmq PAIR sockets",
+        params=_STREAM,
+        quick_params=_STREAM_QUICK,
+        measured_by="server",
+        metrics=(Metric("rate", "messages/s"),),
+        baseline="pyzmq",
+        requires=("zmq",),
+    ),
+    Scenario(
+        "bytes-64MiB-vs-pyzmq/unix",
+        kind="bulk-bytes",
+        transport="unix",
+        description="one 64 MiB send_bytes/recv_bytes at a time, mpwire against pyzmq",
+        params=_BULK,
+        quick_params=_BULK_QUICK,
+        measured_by="server",
+        metrics=_BULK_METRICS,
+        baseline="pyzmq",
+        requires=("zmq",),
+    ),
+    Scenario(
+        "numpy-64MiB-vs-pyzmq/unix",
+        kind="bulk-numpy",
+        transport="unix",
+        description="a 64 MiB float64 array, mpwire send/recv against pyzmq's zero-copy multipart",
+        params=_BULK,
+        quick_params=_BULK_QUICK,
+        measured_by="server",
+        metrics=_BULK_METRICS,
+        baseline="pyzmq",
+        requires=("numpy", "zmq"),
     ),
 ]
 """Every scenario, in the order they run."""
