@@ -59,6 +59,31 @@ def test_large_objects_round_trip(obj: Any) -> None:
         assert got == obj
 
 
+def test_pickled_large_buffers_are_sent_from_where_they_are() -> None:
+    import tracemalloc
+
+    from mpwire.serialize import dump_parts
+
+    payload = bytearray(64 << 20)
+    array = np.zeros(1 << 20)
+    tracemalloc.start()
+    try:
+        parts = dump_parts({"bytes": payload, "array": array})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # no copy of either payload
+    payload[0] = 7
+    array[0] = 9.0
+    sent = pickle.loads(b"".join(bytes(p) for p in parts))
+    assert sent["bytes"][0] == 7 and sent["array"][0] == 9.0  # views of the originals
+
+
+def test_a_pickle_of_more_parts_than_one_vectored_write_takes() -> None:
+    chunks = [bytes([i % 251]) * 65_536 for i in range(1_100)]  # 1,100 parts of 64 KiB
+    assert exchange(chunks) == chunks
+
+
 def test_old_protocols_from_stdlib_senders_are_read() -> None:
     a, b = mpwire.Pipe()
     with a, b:

@@ -54,6 +54,12 @@ _TLS_RECORD = 16384
 _Buffer = Any
 """Any object supporting the buffer protocol (bytes, bytearray, memoryview, array, numpy)."""
 
+_Payload = bytes | bytearray | memoryview | list[Any]
+"""A frame's payload: one buffer, or a list of buffers sent as one (a pickle's parts)."""
+
+_IOV_MAX = 1024
+"""The most buffers one vectored write takes (Linux's IOV_MAX)."""
+
 
 def _ready(fd: int, event: int, deadline: float) -> bool:
     """Wait until ``fd`` is ready for ``event``; False once the deadline has passed."""
@@ -285,11 +291,19 @@ class Connection:
         self._send_frame(message_view(buf, offset, size), timeout)
 
     def send(self, obj: Any, *, timeout: float | None = None) -> None:
-        """Send an object (pickled, or as ``serializer`` says); ``timeout`` as for send_bytes()."""
-        self._writable_fd()
-        self._send_frame(self._serializer.dumps(obj), timeout)
+        """Send an object (pickled, or as ``serializer`` says); ``timeout`` as for send_bytes().
 
-    def _send_frame(self, payload: bytes | bytearray | memoryview, timeout: float | None) -> None:
+        Large buffers in a pickle (bytes, arrays) are sent from where they
+        are, without a copy into the pickle.
+        """
+        self._writable_fd()
+        if self._streams:
+            parts = self._serializer.dump_parts(obj)  # type: ignore[attr-defined]
+            self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
+        else:
+            self._send_frame(self._serializer.dumps(obj), timeout)
+
+    def _send_frame(self, payload: _Payload, timeout: float | None) -> None:
         """Send one frame, whole: other senders wait, and a frame cut short closes."""
         lock = self._send_lock
         try:
@@ -307,13 +321,14 @@ class Connection:
             if self._closing is not None:
                 self._finish_close()
 
-    def _write_frame(self, payload: bytes | bytearray | memoryview, timeout: float | None) -> None:
-        """Write the frame (the send lock held)."""
+    def _write_frame(self, payload: _Payload, timeout: float | None) -> None:
+        """Write the frame (the send lock held); a list payload is the frame's parts."""
         fd = self._write_fd
         if fd is None:
             fd = self._writable_fd()
-        size = len(payload)
-        if size <= _CONCAT_LIMIT:
+        if isinstance(payload, list):
+            parts = [encode_header(sum(map(len, payload))), *payload]
+        elif (size := len(payload)) <= _CONCAT_LIMIT:
             data = encode_short_header(size) + payload
             if timeout is None and self._after_first_send is None:
                 sock = self._sock
@@ -327,7 +342,7 @@ class Connection:
                 if written != len(data):
                     self._transmit(fd, [memoryview(data)[written:]], None, True)
                 return
-            parts: list[Any] = [data]
+            parts = [data]
         else:
             parts = [encode_header(size), payload]
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -365,6 +380,8 @@ class Connection:
         if isinstance(sock, TLSSocket):
             with memoryview(parts[0]) as first, first.cast("B") as flat:
                 return sock.send(flat[:_TLS_RECORD] if timed else flat)
+        if len(parts) > _IOV_MAX:
+            parts = parts[:_IOV_MAX]
         if not timed:
             return sock.sendmsg(parts, (), _NOSIGNAL) if sock else os.writev(fd, parts)
         if sock is not None:
