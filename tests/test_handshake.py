@@ -12,11 +12,14 @@ from hypothesis import strategies as st
 from mpwire.exceptions import AuthenticationError
 from mpwire.protocol.handshake import (
     CHALLENGE,
+    EXTENSIONS_MARK,
     FAILURE,
+    MESSAGE_LENGTH,
     WELCOME,
     Handshake,
     Role,
     create_response,
+    offered_extensions,
     verify_response,
 )
 
@@ -56,6 +59,64 @@ def test_wrong_key_fails_both_sides() -> None:
         listener.raise_for_failure()
     with pytest.raises(AuthenticationError, match="digest sent was rejected"):
         client.raise_for_failure()
+
+
+@pytest.mark.parametrize(
+    ("listener_offers", "client_offers", "agreed"),
+    [
+        ({"shm"}, {"shm"}, {"shm"}),
+        ({"shm", "x"}, {"shm", "y"}, {"shm"}),
+        ({"shm"}, set(), set()),
+        (set(), {"shm"}, set()),
+    ],
+)
+def test_both_ends_use_the_extensions_both_offered(
+    listener_offers: set[str], client_offers: set[str], agreed: set[str]
+) -> None:
+    listener = Handshake(b"key", Role.LISTENER, extensions=listener_offers)
+    client = Handshake(b"key", Role.CLIENT, extensions=client_offers)
+    converse(listener, client)
+    assert listener.done and client.done
+    assert listener.agreed == client.agreed == agreed
+
+
+def test_an_offer_follows_the_random_bytes_and_a_stdlib_challenge_offers_nothing() -> None:
+    challenge = Handshake(b"key", Role.LISTENER, extensions={"shm"}).messages_to_send()[0]
+    body = challenge.removeprefix(CHALLENGE)
+    assert body.startswith(b"{sha256}")
+    assert body[8 + MESSAGE_LENGTH :] == EXTENSIONS_MARK + b"shm"
+    assert offered_extensions(body) == {"shm"}
+    assert offered_extensions(b"{sha256}" + os.urandom(MESSAGE_LENGTH)) == frozenset()
+    assert offered_extensions(os.urandom(20)) == frozenset()  # legacy
+
+
+@pytest.mark.parametrize("side", ["listener", "client"])
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_a_meddler_cannot_change_an_offer(side: str, change: str) -> None:
+    """The offer is in the challenge, which the HMAC covers: changing it fails the handshake."""
+    offers = set() if change == "add" else {"shm"}
+    listener = Handshake(b"key", Role.LISTENER, extensions=offers)
+    client = Handshake(b"key", Role.CLIENT, extensions=offers)
+    source, target = (listener, client) if side == "listener" else (client, listener)
+    if side == "client":
+        converse_until_client_challenges(listener, client)
+    challenge = source.messages_to_send()[0]
+    assert challenge.startswith(CHALLENGE)
+    if change == "add":
+        challenge += EXTENSIONS_MARK + b"shm"
+    else:
+        challenge = challenge[: challenge.index(EXTENSIONS_MARK)]
+    target.receive(challenge)
+    converse(listener, client)
+    assert source.error is not None
+    assert not (listener.done and client.done)
+
+
+def converse_until_client_challenges(listener: Handshake, client: Handshake) -> None:
+    """Run the first half (the listener's challenge) so the client's challenge is next."""
+    client.receive(listener.messages_to_send()[0])
+    listener.receive(client.messages_to_send()[0])
+    client.receive(listener.messages_to_send()[0])
 
 
 def test_modern_challenge_prefixes_the_digest() -> None:

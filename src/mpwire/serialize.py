@@ -20,6 +20,8 @@ import copyreg
 import io
 import json
 import pickle
+import pickletools
+import struct
 from collections import ChainMap
 from collections.abc import Iterable
 from multiprocessing.reduction import ForkingPickler
@@ -35,8 +37,10 @@ __all__ = [
     "RestrictedPickle",
     "Serializer",
     "dump_parts",
+    "dump_shared",
     "dumps",
     "get_serializer",
+    "inline_buffers",
     "loads",
 ]
 
@@ -93,6 +97,68 @@ def dump_parts(obj: Any) -> list[bytes | memoryview]:
     return out.parts
 
 
+def dump_shared(
+    obj: Any, threshold: int, limit: int
+) -> tuple[list[bytes | memoryview], list[memoryview]]:
+    """Pickle ``obj`` with its first ``limit`` buffers of ``threshold`` bytes or more out of band.
+
+    Returns the pickle's parts (as :func:`dump_parts`) and the out-of-band
+    buffers, which ``pickle.loads(..., buffers=)`` takes back in order. Only
+    buffers that pickle as a ``PickleBuffer`` can go out of band: numpy
+    arrays, and ``PickleBuffer`` objects of your own.
+    """
+    out = _Parts()
+    shared: list[memoryview] = []
+
+    def in_band(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: the pickler says why
+            return True
+        if view.nbytes < threshold or len(shared) == limit:
+            return True
+        shared.append(view)
+        return False
+
+    _Pickler(out, PROTOCOL, buffer_callback=in_band).dump(obj)
+    return out.parts, shared
+
+
+_FRAME = pickle.FRAME[0]
+_NEXT_BUFFER = pickle.NEXT_BUFFER[0]
+_READONLY_BUFFER = pickle.READONLY_BUFFER[0]
+
+
+def inline_buffers(head: bytes, buffers: list[Any]) -> bytes:
+    """The pickle ``head`` with its out-of-band ``buffers`` written in band.
+
+    What a protocol-5 pickler writes without a buffer callback (without the
+    optional FRAME hints), so ``pickle.loads`` of the result needs no
+    ``buffers=``; it is built from the opcodes, without unpickling anything.
+    """
+    out = bytearray()
+    copied = 0
+    taken = iter(buffers)
+    for _opcode, _arg, pos in pickletools.genops(head):
+        assert pos is not None  # always known for bytes
+        code = head[pos]
+        if code == _FRAME:
+            out += head[copied:pos]
+            copied = pos + 9
+        elif code == _NEXT_BUFFER:
+            out += head[copied:pos]
+            copied = pos + 1
+            data = memoryview(next(taken)).cast("B")
+            readonly = head[pos + 1 : pos + 2] == pickle.READONLY_BUFFER
+            out += pickle.BINBYTES8 if readonly else pickle.BYTEARRAY8
+            out += struct.pack("<Q", data.nbytes)
+            out += data
+        elif code == _READONLY_BUFFER:
+            copied = pos + 1
+    out += head[copied:]
+    return bytes(out)
+
+
 loads = pickle.loads
 """Unpickle one message."""
 
@@ -117,12 +183,12 @@ class PickleSerializer:
         """The pickle as parts to send with one vectored write (see :func:`dump_parts`)."""
         return dump_parts(obj)
 
-    def loads(self, data: bytes) -> Any:
-        return loads(data)
+    def loads(self, data: bytes, buffers: Iterable[Any] | None = None) -> Any:
+        return loads(data, buffers=buffers)
 
-    def unpickler(self, file: Any) -> pickle.Unpickler:
+    def unpickler(self, file: Any, buffers: Iterable[Any] | None = None) -> pickle.Unpickler:
         """An unpickler reading ``file``, for messages unpickled as they arrive."""
-        return pickle.Unpickler(file)
+        return pickle.Unpickler(file, buffers=buffers)
 
     def __reduce__(self) -> str:
         return "PICKLE"
@@ -170,11 +236,11 @@ class RestrictedPickle(PickleSerializer):
             allowed.add((module, name))
         self.allowed = frozenset(allowed)
 
-    def loads(self, data: bytes) -> Any:
-        return self.unpickler(io.BytesIO(data)).load()
+    def loads(self, data: bytes, buffers: Iterable[Any] | None = None) -> Any:
+        return self.unpickler(io.BytesIO(data), buffers).load()
 
-    def unpickler(self, file: Any) -> pickle.Unpickler:
-        return _RestrictedUnpickler(file, self.allowed)
+    def unpickler(self, file: Any, buffers: Iterable[Any] | None = None) -> pickle.Unpickler:
+        return _RestrictedUnpickler(file, self.allowed, buffers)
 
     def __reduce__(self) -> Any:
         allow = [f"{module}.{name}" for module, name in sorted(self.allowed)]
@@ -186,8 +252,10 @@ def _restricted(allow: list[str]) -> RestrictedPickle:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, allowed: frozenset[tuple[str, str]]) -> None:
-        super().__init__(file)
+    def __init__(
+        self, file: Any, allowed: frozenset[tuple[str, str]], buffers: Iterable[Any] | None
+    ) -> None:
+        super().__init__(file, buffers=buffers)
         self._allowed = allowed
 
     def find_class(self, module: str, name: str) -> Any:

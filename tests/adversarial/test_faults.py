@@ -72,9 +72,12 @@ class Interrupted(Exception):
 # -- threads, system calls and child processes ---------------------------------
 
 _SYSCALLS = {
-    "x86_64": {"read": 0, "poll": 7, "sendto": 44, "sendmsg": 46},
-    "aarch64": {"read": 63, "poll": 73, "sendto": 206, "sendmsg": 211},  # poll is ppoll there
+    "x86_64": {"read": 0, "poll": 7, "sendto": 44, "sendmsg": 46, "recvmsg": 47},
+    # poll is ppoll there
+    "aarch64": {"read": 63, "poll": 73, "sendto": 206, "sendmsg": 211, "recvmsg": 212},
 }.get(platform.machine())
+RECEIVING = {"read", "recvmsg"}
+"""How a receive blocks: recvmsg on connections that agreed on shared memory."""
 
 needs_proc_syscall = pytest.mark.skipif(
     _SYSCALLS is None or not os.path.exists(f"/proc/self/task/{threading.get_native_id()}/syscall"),
@@ -233,7 +236,7 @@ def test_a_sender_killed_mid_message_ends_the_receive_promptly(kind: str, receiv
         else:
             os.kill(proc.pid, signal.SIGSTOP)  # frozen mid-frame while we drain what arrived
             call = Call(conn.recv_bytes)
-            wait_until_blocked(call.tid, {"read"}, conn.fileno())
+            wait_until_blocked(call.tid, RECEIVING, conn.fileno())
             killed = time.monotonic()
             os.kill(proc.pid, signal.SIGKILL)
         error = call.outcome()
@@ -565,7 +568,7 @@ def test_a_handler_raising_just_after_a_read_closes_rather_than_lose_bytes(
         os.write(a.fileno(), frame[:10_000])
 
         def interrupt_then_write() -> None:
-            signal_main_thread_once_blocked({"read"}, b.fileno())
+            signal_main_thread_once_blocked(RECEIVING, b.fileno())
             rest = memoryview(frame)[10_000:]
             while rest:
                 rest = rest[os.write(a.fileno(), rest) :]
@@ -814,11 +817,11 @@ def fill_send_buffers(conn: mpwire.Connection) -> None:
 
 # name: (what blocks, which end it uses, the system calls it sleeps in)
 BLOCKING: dict[str, tuple[Callable[[mpwire.Connection], Any], str, set[str]]] = {
-    "recv": (lambda c: c.recv(), "reader", {"read"}),
-    "recv_bytes": (lambda c: c.recv_bytes(), "reader", {"read"}),
-    "recv_bytes_into": (lambda c: c.recv_bytes_into(bytearray(64)), "reader", {"read"}),
+    "recv": (lambda c: c.recv(), "reader", RECEIVING),
+    "recv_bytes": (lambda c: c.recv_bytes(), "reader", RECEIVING),
+    "recv_bytes_into": (lambda c: c.recv_bytes_into(bytearray(64)), "reader", RECEIVING),
     "recv_bytes with a timeout": (lambda c: c.recv_bytes(timeout=60), "reader", {"poll"}),
-    "recv_bytes mid-message": (lambda c: c.recv_bytes(), "reader-mid", {"read"}),
+    "recv_bytes mid-message": (lambda c: c.recv_bytes(), "reader-mid", RECEIVING),
     "small send, buffers full": (lambda c: c.send_bytes(b"x" * 100), "writer-full", {"sendto"}),
     "large send": (lambda c: c.send_bytes(bytes(50_000_000)), "writer", {"sendmsg"}),
     "send with a timeout": (

@@ -40,6 +40,7 @@ import pytest
 
 import mpwire
 import mpwire.asyncio
+from mpwire.protocol.handshake import MESSAGE_LENGTH, offered_extensions
 
 PEER_SCRIPT = Path(__file__).with_name("peer.py")
 PEER_LIFETIME = 60
@@ -258,7 +259,12 @@ def message_shape(message: bytes) -> str:
     # lengths decide first, as in the protocol itself.
     prefixed = re.fullmatch(rb"\{([a-z0-9_]+)\}(.*)", body, re.DOTALL)
     if prefixed and len(body) not in (16, 20):
-        return f"{kind}{{{prefixed[1].decode()}}}+{len(prefixed[2])}"
+        payload = prefixed[2]
+        offered = offered_extensions(body) if kind == "challenge" else frozenset()
+        if offered:
+            payload = payload[:MESSAGE_LENGTH]
+        offering = f" offering {','.join(sorted(offered))}" if offered else ""
+        return f"{kind}{{{prefixed[1].decode()}}}+{len(payload)}{offering}"
     return f"{kind}+{len(body)}"
 
 
@@ -266,12 +272,21 @@ def transcript_shapes(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [(way, message_shape(bytes.fromhex(data))) for way, data in result["transcript"]]
 
 
-def expected_handshake(python: Any, peer_listens: bool) -> list[tuple[str, str]]:
+def mpwire_challenge(offers: bool) -> str:
+    """mpwire's challenge: modern, offering shared memory from a blocking Unix socket end."""
+    return "challenge{sha256}+40" + (" offering shm" if offers else "")
+
+
+def expected_handshake(
+    python: Any, peer_listens: bool, offers: bool = False
+) -> list[tuple[str, str]]:
     """The handshake as the peer records it, when both ends hold the same key.
 
-    mpwire challenges the modern way, as 3.12+ does; legacy Pythons still
-    answer with a bare HMAC-MD5 (of the whole prefixed challenge), and mpwire
-    answers their 20-byte challenges in kind.
+    mpwire challenges the modern way, as 3.12+ does (``offers``: with its
+    offer of shared memory after the random bytes, which every Python answers
+    like any challenge); legacy Pythons still answer with a bare HMAC-MD5 (of
+    the whole prefixed challenge), and mpwire answers their 20-byte
+    challenges in kind.
     """
     if python.legacy_auth:
         peer_challenge, peer_answer, mpwire_answer = "challenge+20", "response+16", "response+16"
@@ -284,7 +299,7 @@ def expected_handshake(python: Any, peer_listens: bool) -> list[tuple[str, str]]
         ("sent", "WELCOME"),
     ]
     peer_answers = [
-        ("received", "challenge{sha256}+40"),
+        ("received", mpwire_challenge(offers)),
         ("sent", peer_answer),
         ("received", "WELCOME"),
     ]
@@ -448,7 +463,9 @@ def test_mpwire_listener_stdlib_client(
             with accept(listener, peer) as conn:
                 session = Session(conn, peer_python)
                 session.run()
-            handshake = expected_handshake(peer_python, peer_listens=False) if authkey else []
+            assert not conn.shared_memory  # a stdlib peer never agrees
+            offers = family == "unix"
+            handshake = expected_handshake(peer_python, False, offers) if authkey else []
             check_result(peer, "ok", handshake, commands=session.commands)
 
 
@@ -460,9 +477,11 @@ def test_stdlib_listener_mpwire_client(
     path = {"path": socket_path} if family == "unix" else {}
     with start_peer(peer_python, "listen", family, authkey, **path) as peer:
         with mpwire.Client(peer.listening_address(), authkey=authkey) as conn:
+            assert not conn.shared_memory  # a stdlib peer never agrees
             session = Session(conn, peer_python)
             session.run()
-        handshake = expected_handshake(peer_python, peer_listens=True) if authkey else []
+        offers = family == "unix"
+        handshake = expected_handshake(peer_python, True, offers) if authkey else []
         check_result(peer, "ok", handshake, commands=session.commands)
 
 
@@ -476,7 +495,7 @@ def test_wrong_key_mpwire_listener(peer_python: Any, family: str, socket_path: s
             # The peer answered our challenge, wrongly, and got #FAILURE#.
             answer = "response+16" if peer_python.legacy_auth else "response{sha256}+32"
             handshake = [
-                ("received", "challenge{sha256}+40"),
+                ("received", mpwire_challenge(offers=family == "unix")),
                 ("sent", answer),
                 ("received", "FAILURE"),
             ]

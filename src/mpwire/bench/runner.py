@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
 import secrets
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -178,12 +180,15 @@ def _measure_in(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
     results: dict[str, Path] = {}
+    # The "pipe" transport: a socket pair made here, an end inherited by each child.
+    pair = socket.socketpair() if scenario.transport == "pipe" else ()
     try:
-        for name, role, index in _roles(params):
+        for (name, role, index), end in itertools.zip_longest(_roles(params), pair):
             spec_path = run_dir / f"{name}.spec.json"
             results[name] = run_dir / f"{name}.result.json"
             logs[name] = run_dir / f"{name}.log"
             spec = {**common, "role": role, "index": index, "result": str(results[name])}
+            spec["pipe_fd"] = end and end.fileno()
             spec_path.write_text(json.dumps(spec), encoding="utf-8")
             with open(logs[name], "wb") as log:
                 procs[name] = subprocess.Popen(
@@ -192,9 +197,14 @@ def _measure_in(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     env=env,
+                    pass_fds=() if end is None else (end.fileno(),),
                 )
+        for end in pair:
+            end.close()
         timed_out = _wait_all(procs, timeout)
     finally:
+        for end in pair:
+            end.close()
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()

@@ -113,6 +113,12 @@ _BULK_METRICS = (
     Metric("rate", "GB/s"),
     Metric("rss_ratio", "peak RSS / payload", higher_is_better=False),
 )
+_ARRAY_METRICS = (
+    *_BULK_METRICS,
+    Metric("memcpy_rate", "GB/s copying into fresh memory (the limit)", compared=False),
+)
+_HUGE = {"size": 256 * MiB, "transfers": 4}
+_HUGE_QUICK = {"size": 16 * MiB, "transfers": 3}
 
 
 def _both(name: str, quick_name: str | None = None, **kwargs: Any) -> list[Scenario]:
@@ -191,8 +197,29 @@ SCENARIOS: list[Scenario] = [
         params=_BULK,
         quick_params=_BULK_QUICK,
         measured_by="server",
-        metrics=_BULK_METRICS,
+        metrics=_ARRAY_METRICS,
         requires=("numpy",),
+    ),
+    *(
+        Scenario(
+            f"numpy-256MiB/{transport}",
+            quick_name=f"numpy-16MiB/{transport}",
+            kind="bulk-numpy",
+            transport=transport,
+            description=(
+                f"a 256 MiB float64 array with send/recv over {how}; receiver's peak RSS growth"
+            ),
+            params=_HUGE,
+            quick_params=_HUGE_QUICK,
+            measured_by="server",
+            metrics=_ARRAY_METRICS,
+            requires=("numpy",),
+        )
+        for transport, how in (
+            ("pipe", "Pipe() ends (shared memory for mpwire)"),
+            ("unix", "a Unix socket (shared memory for mpwire, agreed with the authkey)"),
+            ("tcp", "TCP loopback (no shared memory)"),
+        )
     ),
     *_both(
         "connect-auth",
@@ -269,17 +296,24 @@ SCENARIOS: list[Scenario] = [
         baseline="pyzmq",
         requires=("zmq",),
     ),
-    Scenario(
-        "numpy-64MiB-vs-pyzmq/unix",
-        kind="bulk-numpy",
-        transport="unix",
-        description="a 64 MiB float64 array, mpwire send/recv against pyzmq's zero-copy multipart",
-        params=_BULK,
-        quick_params=_BULK_QUICK,
-        measured_by="server",
-        metrics=_BULK_METRICS,
-        baseline="pyzmq",
-        requires=("numpy", "zmq"),
+    *(
+        Scenario(
+            f"numpy-{size}-vs-pyzmq/unix",
+            quick_name=quick_name,
+            kind="bulk-numpy",
+            transport="unix",
+            description=f"a {size} float64 array, mpwire send/recv against pyzmq's zero-copy",
+            params=params,
+            quick_params=quick_params,
+            measured_by="server",
+            metrics=_ARRAY_METRICS,
+            baseline="pyzmq",
+            requires=("numpy", "zmq"),
+        )
+        for size, quick_name, params, quick_params in (
+            ("64MiB", None, _BULK, _BULK_QUICK),
+            ("256MiB", "numpy-16MiB-vs-pyzmq/unix", _HUGE, _HUGE_QUICK),
+        )
     ),
 ]
 """Every scenario, in the order they run."""

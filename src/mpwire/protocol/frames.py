@@ -3,6 +3,13 @@
 The header is a signed 32-bit big-endian length. A payload longer than
 2**31-1 bytes is announced by the length -1 followed by an unsigned 64-bit
 length (CPython 3.8 and later read and write this form).
+
+Between mpwire peers that agreed on shared memory (and only then), a
+shared-memory header may precede a frame: the length -2, the count of
+buffers as an unsigned 32-bit number, and each buffer's length as an
+unsigned 64-bit one. The frame that follows is a pickle that takes those
+buffers out of band, in order; they travel as file descriptors beside the
+bytes (see :mod:`mpwire.sync.shm`).
 """
 
 from __future__ import annotations
@@ -22,12 +29,18 @@ __all__ = [
     "LargeFrame",
     "PayloadReader",
     "encode_header",
+    "encode_shared_header",
     "encode_short_header",
 ]
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 _LONG_MARK = _SHORT.pack(-1)
+_SHARED = -2
+_COUNT = struct.Struct("!I")
+
+MAX_SHARED_BUFFERS = 64
+"""The most shared-memory buffers one message may carry (a file descriptor each)."""
 
 LARGEST_SHORT = 0x7FFFFFFF
 """The largest payload announced by a plain 4-byte header."""
@@ -62,6 +75,13 @@ def encode_header(size: int) -> bytes:
     return _LONG_MARK + _LONG.pack(size)
 
 
+def encode_shared_header(lengths: list[int]) -> bytes:
+    """The header announcing that the next frame takes these shared buffers."""
+    if not 1 <= len(lengths) <= MAX_SHARED_BUFFERS:
+        raise ValueError(f"a message carries 1 to {MAX_SHARED_BUFFERS} shared buffers")
+    return struct.pack(f"!iI{len(lengths)}Q", _SHARED, len(lengths), *lengths)
+
+
 class LargeFrame(NamedTuple):
     """A frame whose payload the caller reads itself: the bytes already received, the size."""
 
@@ -81,6 +101,10 @@ class FrameDecoder:
     straight into the ``bytes`` object that :meth:`next_frame` returns (or the
     caller's buffer, with ``into``), grown as bytes actually
     arrive, so a forged length reserves at most ``GROWTH_STEP`` bytes.
+
+    With ``accept_shared`` set, a shared-memory header is taken too: the
+    next frame then comes with :attr:`shared`, the lengths of its buffers,
+    which the caller takes (and resets to None) with the frame.
     """
 
     def __init__(
@@ -102,17 +126,19 @@ class FrameDecoder:
         self._sink: io.BytesIO | None = None
         self._into: memoryview | None = None
         self._lease: memoryview | None = None
+        self.accept_shared = False
+        self.shared: tuple[int, ...] | None = None
         self.feed(initial)
 
     @property
     def pending(self) -> bool:
         """Whether any received byte has not been returned yet."""
-        return self._end > self._start or self._size > 0
+        return self._end > self._start or self._size > 0 or self.shared is not None
 
     def pending_bytes(self) -> bytes:
         """The received bytes not returned yet, to hand this stream to another decoder."""
-        if self._size:
-            raise ValueError("cannot hand over a stream in the middle of a large message")
+        if self._size or self.shared is not None:
+            raise ValueError("cannot hand over a stream in the middle of a message")
         return bytes(self._view[self._start : self._end])
 
     def eof_error(self) -> Exception:
@@ -228,16 +254,19 @@ class FrameDecoder:
         size: int = _SHORT.unpack_from(self._buf, start)[0]
         begin = start + 4
         if size < 0:
+            if size == _SHARED and self.accept_shared and self.shared is None:
+                return self._take_shared_header(maxlength, into, stream)
             if size != -1:
                 raise FrameError(f"corrupt frame header: negative length {size}")
             if avail < 12:
                 return None
             size = _LONG.unpack_from(self._buf, begin)[0]
             begin += 8
-        if maxlength is not None and size > maxlength:
-            raise MessageTooLong(size, maxlength)
-        if self.max_size is not None and size > self.max_size:
-            raise MessageTooLong(size, self.max_size)
+        whole = size if self.shared is None else size + sum(self.shared)
+        if maxlength is not None and whole > maxlength:
+            raise MessageTooLong(whole, maxlength)
+        if self.max_size is not None and whole > self.max_size:
+            raise MessageTooLong(whole, self.max_size)
         end = begin + size
         if end <= self._end:
             if end == self._end:
@@ -255,6 +284,24 @@ class FrameDecoder:
                 return LargeFrame(prefix, size)
             self._begin_large(begin, size, into if into is not None and size <= len(into) else None)
         return None
+
+    def _take_shared_header(
+        self, maxlength: int | None, into: memoryview | None, stream: bool
+    ) -> int | bytes | LargeFrame | None:
+        """Take a shared-memory header (the read-ahead starts with one), then its frame."""
+        start = self._start
+        avail = self._end - start
+        if avail < 8:
+            return None
+        count: int = _COUNT.unpack_from(self._buf, start + 4)[0]
+        if not 1 <= count <= MAX_SHARED_BUFFERS:
+            raise FrameError(f"corrupt shared-memory header: {count} buffers")
+        end = start + 8 + 8 * count
+        if self._end < end:
+            return None
+        self.shared = struct.unpack_from(f"!{count}Q", self._buf, start + 8)
+        self._start = end
+        return self.next_frame(maxlength, into, stream)
 
     def _begin_large(self, begin: int, size: int, target: memoryview | None) -> None:
         body = self._view[begin : self._end]

@@ -12,6 +12,14 @@ challenges. Two digest styles exist on the wire:
 
 Modern challengers accept legacy answers (that is how older clients get in),
 and modern answerers reply to legacy challenges in kind.
+
+Capability negotiation rides on the challenges. An mpwire challenger may
+append :data:`EXTENSIONS_MARK` and the names of the extensions it offers
+after its 40 random bytes. Every CPython answers such a challenge as it
+answers any other: with an HMAC of the whole message. So stdlib peers ignore
+the offer, and neither offer can be altered without failing the check: the
+listener's offer is in the message the client answers, the client's in the
+message the listener answers. Both ends use the extensions both offered.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import enum
 import hmac
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Final
 
 from ..exceptions import AuthenticationError, FrameError
@@ -27,6 +35,7 @@ from .frames import FrameDecoder, ReadInto, encode_short_header
 
 __all__ = [
     "CHALLENGE",
+    "EXTENSIONS_MARK",
     "FAILURE",
     "MAX_HANDSHAKE_MESSAGE",
     "WELCOME",
@@ -34,6 +43,7 @@ __all__ = [
     "Handshake",
     "Role",
     "create_response",
+    "offered_extensions",
     "verify_response",
 ]
 
@@ -59,6 +69,9 @@ ALLOWED_DIGESTS: Final = frozenset(
 _LEGACY_DIGESTS: Final = ("", "md5")
 _MAX_DIGEST_NAME: Final = max(len(name) for name in ALLOWED_DIGESTS)
 
+EXTENSIONS_MARK: Final = b"\0mpwire-extensions:"
+"""Follows the random bytes of a challenge that offers extensions (never in a stdlib one)."""
+
 
 def split_digest(message: bytes) -> tuple[str, bytes]:
     """Split a challenge or response into its digest name and payload.
@@ -75,6 +88,23 @@ def split_digest(message: bytes) -> tuple[str, bytes]:
         "unsupported message length, missing digest prefix, "
         f"or unsupported digest: message={message!r}"
     )
+
+
+def offer(extensions: frozenset[str]) -> bytes:
+    """What follows a challenge's random bytes to offer ``extensions`` (nothing for none)."""
+    if not extensions:
+        return b""
+    return EXTENSIONS_MARK + ",".join(sorted(extensions)).encode("ascii")
+
+
+def offered_extensions(message: bytes) -> frozenset[str]:
+    """The extensions a challenge message (after ``#CHALLENGE#``) offers: none from the stdlib."""
+    payload = split_digest(message)[1]
+    tail = payload[MESSAGE_LENGTH:]
+    if not tail.startswith(EXTENSIONS_MARK):
+        return frozenset()
+    names = tail[len(EXTENSIONS_MARK) :].decode("ascii", "replace").split(",")
+    return frozenset(name for name in names if name)
 
 
 def create_response(authkey: bytes, message: bytes) -> bytes:
@@ -143,7 +173,8 @@ class Handshake:
     driver sends it and then raises, as the stdlib does. ``digest`` names the
     HMAC our challenges ask for; without ``allow_legacy``, unprefixed
     (HMAC-MD5) challenges and answers are refused, so a peer or a meddler
-    cannot downgrade a modern pair.
+    cannot downgrade a modern pair. Our challenge offers ``extensions``;
+    once done, :attr:`agreed` holds those the peer's challenge offered too.
     """
 
     def __init__(
@@ -153,6 +184,7 @@ class Handshake:
         *,
         digest: str = "sha256",
         allow_legacy: bool = True,
+        extensions: Iterable[str] = (),
         urandom: Callable[[int], bytes] = os.urandom,
     ) -> None:
         if not isinstance(authkey, bytes):
@@ -163,11 +195,20 @@ class Handshake:
         self._digest = digest
         self._allow_legacy = allow_legacy
         self._urandom = urandom
+        self.extensions = frozenset(extensions)
+        """What our challenge offers."""
+        self.peer_extensions: frozenset[str] = frozenset()
+        """What the peer's challenge offered."""
         self._outgoing: list[bytes] = []
         self.error: AuthenticationError | None = None
         self.done = False
         self._steps = self._run(role)
         self._advance(None)
+
+    @property
+    def agreed(self) -> frozenset[str]:
+        """The extensions both challenges offered: what both ends may use once done."""
+        return self.extensions & self.peer_extensions
 
     def messages_to_send(self) -> list[bytes]:
         """The messages to send now, in order (each call returns them once)."""
@@ -205,7 +246,8 @@ class Handshake:
             yield from self._challenge()
 
     def _challenge(self) -> _Steps:
-        message = b"{%s}%s" % (self._digest.encode("ascii"), self._urandom(MESSAGE_LENGTH))
+        random = self._urandom(MESSAGE_LENGTH)
+        message = b"{%s}%s%s" % (self._digest.encode("ascii"), random, offer(self.extensions))
         self._outgoing.append(CHALLENGE + message)
         response = yield
         try:
@@ -224,6 +266,7 @@ class Handshake:
             raise AuthenticationError(f"challenge too short: {len(message)} bytes")
         if not self._allow_legacy and split_digest(message)[0] in _LEGACY_DIGESTS:
             raise AuthenticationError("legacy challenge refused (allow_legacy_auth=False)")
+        self.peer_extensions = offered_extensions(message)
         self._outgoing.append(create_response(self._authkey, message))
         if (yield) != WELCOME:
             raise AuthenticationError("digest sent was rejected")
@@ -240,9 +283,17 @@ class FramedHandshake:
     """
 
     def __init__(
-        self, authkey: bytes, role: Role, *, digest: str = "sha256", allow_legacy: bool = True
+        self,
+        authkey: bytes,
+        role: Role,
+        *,
+        digest: str = "sha256",
+        allow_legacy: bool = True,
+        extensions: Iterable[str] = (),
     ) -> None:
-        self._handshake = Handshake(authkey, role, digest=digest, allow_legacy=allow_legacy)
+        self._handshake = Handshake(
+            authkey, role, digest=digest, allow_legacy=allow_legacy, extensions=extensions
+        )
         self._decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE)
         self._framing_error: AuthenticationError | None = None
 
@@ -250,6 +301,11 @@ class FramedHandshake:
     def done(self) -> bool:
         """Whether both sides have proved they hold the key."""
         return self._handshake.done
+
+    @property
+    def agreed(self) -> frozenset[str]:
+        """The extensions both ends offered (see :attr:`Handshake.agreed`)."""
+        return self._handshake.agreed
 
     @property
     def error(self) -> AuthenticationError | None:

@@ -7,6 +7,7 @@ Works with mpwire and stdlib Connections alike: all it needs is
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ..protocol.handshake import MAX_HANDSHAKE_MESSAGE, Handshake, Role
@@ -22,13 +23,17 @@ def run_handshake(
     *,
     deadline: float | None = None,
     allow_legacy: bool = True,
-) -> None:
+    extensions: Iterable[str] = (),
+) -> frozenset[str]:
     """Authenticate ``connection`` in ``role``; raise AuthenticationError on failure.
 
     With a ``deadline`` (a ``time.monotonic()`` value; mpwire Connections
-    only), a peer that is too slow makes it raise TimeoutError.
+    only), a peer that is too slow makes it raise TimeoutError. Returns the
+    ``extensions`` the peer offered too (see :class:`Handshake`).
     """
-    handshake = Handshake(authkey, role, digest=digest, allow_legacy=allow_legacy)
+    handshake = Handshake(
+        authkey, role, digest=digest, allow_legacy=allow_legacy, extensions=extensions
+    )
     limits: dict[str, float] = {}
     while True:
         if deadline is not None:
@@ -43,7 +48,7 @@ def run_handshake(
                     raise
         handshake.raise_for_failure()
         if handshake.done:
-            return
+            return handshake.agreed
         handshake.receive(connection.recv_bytes(MAX_HANDSHAKE_MESSAGE, **limits))
 
 

@@ -14,6 +14,7 @@ error closes the connection instead of corrupting the stream.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import io
 import math
@@ -28,16 +29,26 @@ from types import TracebackType
 from typing import Any, Self, SupportsIndex
 
 from ..buffers import message_view, target_view
-from ..exceptions import BufferTooShort
+from ..exceptions import BufferTooShort, FrameError, MessageTooLong
 from ..protocol.frames import (
+    MAX_SHARED_BUFFERS,
     FrameDecoder,
     LargeFrame,
     PayloadReader,
     ReadInto,
     encode_header,
+    encode_shared_header,
     encode_short_header,
 )
-from ..serialize import PICKLE, PickleSerializer, Serializer, get_serializer
+from ..serialize import (
+    PICKLE,
+    PickleSerializer,
+    Serializer,
+    dump_shared,
+    get_serializer,
+    inline_buffers,
+)
+from . import shm
 from .tls import TLSSocket
 
 __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
@@ -45,8 +56,11 @@ __all__ = ["Connection", "rebuild_connection", "reduce_connection"]
 _CONCAT_LIMIT = 8192
 """Payloads up to this size are joined to their header; larger ones use writev()."""
 
-_NOSIGNAL = socket.MSG_NOSIGNAL
-"""A peer that hung up is an EPIPE error, never a SIGPIPE that kills the process."""
+_NOSIGNAL = int(socket.MSG_NOSIGNAL)
+"""A peer that hung up is an EPIPE error, never a SIGPIPE that kills the process.
+
+Flags are plain ints: an operator on socket's IntFlag members costs about 1 µs."""
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 _TLS_RECORD = 16384
 """The most plaintext one TLS record carries: what a timed TLS send writes at a time."""
@@ -59,6 +73,9 @@ _Payload = bytes | bytearray | memoryview | list[Any]
 
 _IOV_MAX = 1024
 """The most buffers one vectored write takes (Linux's IOV_MAX)."""
+
+_Shared = tuple[bytes, list[int]]
+"""A shared-memory message's header and the memfds that go with it."""
 
 
 def _ready(fd: int, event: int, deadline: float) -> bool:
@@ -94,6 +111,9 @@ class Connection:
     announce themselves, before any memory is set aside for them.
     ``serializer`` picks how send()/recv() encode objects (see
     :mod:`mpwire.serialize`; the default is pickle, as the stdlib).
+    ``shared_memory=True`` on an end of a Unix socket pair whose other end
+    is an mpwire Connection that says so too (as :func:`Pipe` ends do):
+    large pickled buffers then travel as shared memory.
     """
 
     _handle: int | None = None
@@ -106,6 +126,7 @@ class Connection:
         *,
         max_message_size: int | None = None,
         serializer: str | Serializer | None = None,
+        shared_memory: bool = False,
     ) -> None:
         fd = handle.__index__()
         if fd < 0:
@@ -113,6 +134,8 @@ class Connection:
         if not readable and not writable:
             raise ValueError("at least one of `readable` and `writable` must be True")
         self._setup(fd, readable, writable, _socket_of(fd), max_message_size, serializer)
+        if shared_memory:
+            self._use_shared_memory()
 
     @classmethod
     def from_socket(
@@ -164,6 +187,27 @@ class Connection:
         # The fd while open and writable, so one test guards the send path.
         self._write_fd = fd if writable else None
         self._after_first_send: Callable[[], None] | None = None
+        # Set once both ends agreed on shared memory: receives keep the fds sent.
+        self._fd_reader: shm.FdReader | None = None
+
+    def _use_shared_memory(self) -> None:
+        """Send and receive large pickled buffers as memfds (both ends agreed to).
+
+        Only on a plain Unix socket: elsewhere the connection stays plain.
+        """
+        sock = self._sock
+        if type(sock) is not socket.socket or sock.family != socket.AF_UNIX:
+            return
+        if not shm.available():
+            return
+        self._fd_reader = shm.FdReader(sock)
+        self._readinto = None
+        self._decoder.accept_shared = True
+
+    @property
+    def shared_memory(self) -> bool:
+        """Whether large pickled buffers travel as shared memory on this connection."""
+        return self._fd_reader is not None
 
     def __repr__(self) -> str:
         state = "closed" if self._handle is None else f"fd={self._handle}"
@@ -240,6 +284,8 @@ class Connection:
                 if self._sock is not None:
                     self._sock.detach()
                 os.close(handle)
+                if self._fd_reader is not None:
+                    shm.close_all(self._fd_reader.fds)
 
     def _fd(self) -> int:
         if self._handle is None:
@@ -255,7 +301,9 @@ class Connection:
     def _reader(self) -> ReadInto:
         """The receive path's readinto, made on first use of an open, readable fd."""
         fd = self._readable_fd()
-        if self._tls:
+        if self._fd_reader is not None:
+            self._readinto = self._fd_reader
+        elif self._tls:
             assert self._sock is not None
             self._readinto = self._sock.recv_into
         else:
@@ -297,22 +345,42 @@ class Connection:
         are, without a copy into the pickle.
         """
         self._writable_fd()
-        if self._streams:
+        if self._fd_reader is not None and self._streams:
+            self._send_shared(obj, timeout)
+        elif self._streams:
             parts = self._serializer.dump_parts(obj)  # type: ignore[attr-defined]
             self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
         else:
             self._send_frame(self._serializer.dumps(obj), timeout)
 
-    def _send_frame(self, payload: _Payload, timeout: float | None) -> None:
+    def _send_shared(self, obj: Any, timeout: float | None) -> None:
+        """send() with large buffers copied to memfds that go with the message."""
+        parts, buffers = dump_shared(obj, shm.SHARED_THRESHOLD, MAX_SHARED_BUFFERS)
+        if not buffers:
+            self._send_frame(parts, timeout)
+            return
+        fds: list[int] = []
+        try:
+            for buffer in buffers:
+                fds.append(shm.memfd_of(buffer))
+            header = encode_shared_header([buffer.nbytes for buffer in buffers])
+            self._send_frame(parts, timeout, (header, fds))
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _send_frame(
+        self, payload: _Payload, timeout: float | None, shared: _Shared | None = None
+    ) -> None:
         """Send one frame, whole: other senders wait, and a frame cut short closes."""
         lock = self._send_lock
         try:
             if timeout is None:
                 with lock:  # (a with block releases even if an exception lands at once)
-                    self._write_frame(payload, None)
+                    self._write_frame(payload, None, shared)
             elif lock.acquire(True, timeout):
                 try:
-                    self._write_frame(payload, timeout)
+                    self._write_frame(payload, timeout, shared)
                 finally:
                     lock.release()
             else:
@@ -321,13 +389,25 @@ class Connection:
             if self._closing is not None:
                 self._finish_close()
 
-    def _write_frame(self, payload: _Payload, timeout: float | None) -> None:
-        """Write the frame (the send lock held); a list payload is the frame's parts."""
+    def _write_frame(
+        self, payload: _Payload, timeout: float | None, shared: _Shared | None = None
+    ) -> None:
+        """Write the frame (the send lock held); a list payload is the frame's parts.
+
+        ``shared``: the shared-memory header to put first, and the memfds to
+        pass with it.
+        """
         fd = self._write_fd
         if fd is None:
             fd = self._writable_fd()
+        ancillary: list[Any] = []
         if isinstance(payload, list):
             parts = [encode_header(sum(map(len, payload))), *payload]
+            if shared is not None:
+                header, fds = shared
+                parts[0] = header + parts[0]
+                rights = array.array("i", fds)
+                ancillary.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, rights))
         elif (size := len(payload)) <= _CONCAT_LIMIT:
             data = encode_short_header(size) + payload
             if timeout is None and self._after_first_send is None:
@@ -346,25 +426,34 @@ class Connection:
         else:
             parts = [encode_header(size), payload]
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._transmit(fd, parts, deadline, False)
+        self._transmit(fd, parts, deadline, False, ancillary)
         if self._after_first_send is not None:
             hook, self._after_first_send = self._after_first_send, None
             hook()
 
-    def _transmit(self, fd: int, parts: list[Any], deadline: float | None, began: bool) -> None:
+    def _transmit(
+        self,
+        fd: int,
+        parts: list[Any],
+        deadline: float | None,
+        began: bool,
+        ancillary: list[Any] | None = None,
+    ) -> None:
         """Write every byte of ``parts``, resuming after partial writes.
 
         ``began`` tells whether a write of this frame was attempted already.
         Once one was, any failure may leave the peer with part of the frame
         (an exception can even land just after a write returned), so it
-        closes the connection; a timeout before the first write leaves it usable.
+        closes the connection; a timeout before the first write leaves it
+        usable. ``ancillary`` data goes with the first write.
         """
         try:
             while parts:
                 if deadline is not None and not _ready(fd, select.POLLOUT, deadline):
                     raise TimeoutError("send timed out")
                 began = True
-                written = self._write_some(fd, parts, deadline is not None)
+                written = self._write_some(fd, parts, deadline is not None, ancillary or ())
+                ancillary = None
                 while parts and written >= len(parts[0]):
                     written -= len(parts.pop(0))
                 if written:
@@ -374,7 +463,7 @@ class Connection:
                 self.close()
             raise
 
-    def _write_some(self, fd: int, parts: list[Any], timed: bool) -> int:
+    def _write_some(self, fd: int, parts: list[Any], timed: bool, ancillary: Any = ()) -> int:
         """One vectored write; ``timed``: the fd has room, and the write must not block."""
         sock = self._sock
         if isinstance(sock, TLSSocket):
@@ -383,10 +472,10 @@ class Connection:
         if len(parts) > _IOV_MAX:
             parts = parts[:_IOV_MAX]
         if not timed:
-            return sock.sendmsg(parts, (), _NOSIGNAL) if sock else os.writev(fd, parts)
+            return sock.sendmsg(parts, ancillary, _NOSIGNAL) if sock else os.writev(fd, parts)
         if sock is not None:
             try:
-                return sock.sendmsg(parts, (), _NOSIGNAL | socket.MSG_DONTWAIT)
+                return sock.sendmsg(parts, ancillary, _NOSIGNAL | _DONTWAIT)
             except BlockingIOError:
                 return 0
         # A pipe with room takes PIPE_BUF bytes without blocking.
@@ -488,18 +577,62 @@ class Connection:
                 decoder.release_target()
         if frame is None:
             raise TimeoutError("recv timed out")
+        buffers = None
+        if decoder.shared is not None:
+            buffers = self._shared_buffers()
+            if not load:
+                return self._inline(frame, buffers, maxlength, into)
         if not load:
             return frame
         if isinstance(frame, LargeFrame):
-            return self._load_streamed(frame, readinto)
+            return self._load_streamed(frame, readinto, buffers)
+        if buffers is not None:
+            return self._serializer.loads(frame, buffers)  # type: ignore[arg-type,call-arg]
         return self._serializer.loads(frame)  # type: ignore[arg-type]  # bytes: no `into`
 
-    def _load_streamed(self, frame: LargeFrame, readinto: ReadInto) -> Any:
+    def _shared_buffers(self) -> list[Any]:
+        """Map the memfds of the shared-memory message just decoded (closing on error)."""
+        lengths, self._decoder.shared = self._decoder.shared, None
+        assert lengths is not None and self._fd_reader is not None
+        fds = self._fd_reader.fds
+        try:
+            if len(fds) < len(lengths):
+                raise FrameError("a shared-memory message came without its file descriptors")
+            maps = []
+            for length in lengths:
+                fd = fds.popleft()
+                try:
+                    maps.append(shm.map_memfd(fd, length))
+                finally:
+                    os.close(fd)
+        except BaseException:
+            self.close()
+            raise
+        return maps
+
+    def _inline(
+        self, frame: Any, buffers: list[Any], maxlength: int | None, into: memoryview | None
+    ) -> int | bytes:
+        """A shared-memory message for recv_bytes(): the pickle with its buffers in band."""
+        if isinstance(frame, LargeFrame):
+            head = frame.prefix + PayloadReader(frame, self._readinto or self._reader()).read()
+        else:
+            head = bytes(into[:frame]) if isinstance(frame, int) and into is not None else frame
+        data = inline_buffers(head, buffers)
+        if maxlength is not None and len(data) > maxlength:
+            self.close()
+            raise MessageTooLong(len(data), maxlength)
+        if into is not None and len(data) <= len(into):
+            into[: len(data)] = data
+            return len(data)
+        return data
+
+    def _load_streamed(self, frame: LargeFrame, readinto: ReadInto, buffers: Any = None) -> Any:
         """Unpickle a large frame as its bytes arrive."""
         payload = PayloadReader(frame, readinto)
         assert isinstance(self._serializer, PickleSerializer)
         try:
-            obj = self._serializer.unpickler(payload).load()
+            obj = self._serializer.unpickler(payload, buffers).load()
         except BaseException:
             if payload.broken:
                 # Reading stopped part way through a message it cannot resume.
@@ -542,9 +675,11 @@ def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
     """Pickle support: the fd travels as multiprocessing sends fds, with any read-ahead."""
     if conn._tls:
         raise TypeError("a TLS connection cannot be passed to another process")
+    if conn._fd_reader is not None and conn._fd_reader.fds:
+        raise ValueError("cannot pass a connection on while file descriptors wait in it")
     df = reduction.DupFd(conn.fileno())
     serializer = None if conn._serializer is PICKLE else conn._serializer
-    state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer)
+    state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer, conn.shared_memory)
     return rebuild_connection, (df, conn.readable, conn.writable, *state)
 
 
@@ -555,6 +690,7 @@ def rebuild_connection(
     pending: bytes = b"",
     max_message_size: int | None = None,
     serializer: Serializer | None = None,
+    shared_memory: bool = False,
 ) -> Connection:
     """Unpickle a Connection made by reduce_connection()."""
     conn = Connection(
@@ -563,6 +699,7 @@ def rebuild_connection(
         writable,
         max_message_size=max_message_size,
         serializer=serializer,
+        shared_memory=shared_memory,
     )
     conn._decoder.feed(pending)
     return conn

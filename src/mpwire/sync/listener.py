@@ -22,6 +22,7 @@ from typing import Any, Self
 from ..exceptions import HandshakeTimeout, TLSError, tls_problem
 from ..protocol.handshake import FramedHandshake, Role
 from ..serialize import Serializer, get_serializer
+from . import shm
 from .addresses import (
     RETRY_CONNECT,
     address_type,
@@ -107,6 +108,11 @@ class Listener:
     than ``handshake_timeout`` seconds (None: no limit) are dropped. Accepted
     Connections refuse messages over ``max_message_size`` bytes and encode
     objects with ``serializer`` (default: pickle).
+
+    ``shared_memory``: with an authkey, an mpwire client on a Unix socket
+    agrees in the handshake to send large pickled buffers (numpy arrays) as
+    shared memory, unless either end passes False; stdlib clients never see
+    it. Without an authkey, True says the clients will use it too.
     """
 
     def __init__(
@@ -122,9 +128,11 @@ class Listener:
         digest: str = "sha256",
         allow_legacy_auth: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        shared_memory: bool | None = None,
     ) -> None:
         check_authkey(authkey)
         sock, bound = listening_socket(address, family, backlog, authkey, ssl_context)
+        self._shared_memory = shared_memory
         self._socket: socket.socket | None = sock
         self._address = bound
         self._authkey = authkey
@@ -197,10 +205,17 @@ class Listener:
         sock.setblocking(True)
         return sock, peer
 
-    def _connection(self, sock: socket.socket | TLSSocket, leftover: bytes = b"") -> Connection:
+    def _connection(
+        self,
+        sock: socket.socket | TLSSocket,
+        leftover: bytes = b"",
+        agreed: frozenset[str] = frozenset(),
+    ) -> Connection:
         conn = Connection.from_socket(
             sock, max_message_size=self._max_message_size, serializer=self._serializer
         )
+        if shm.EXTENSION in agreed or (self._authkey is None and self._shared_memory):
+            conn._use_shared_memory()
         conn._decoder.feed(leftover)
         return conn
 
@@ -272,6 +287,7 @@ class Listener:
                     Role.LISTENER,
                     digest=self._digest,
                     allow_legacy=self._allow_legacy,
+                    extensions=shm.offer(sock, channel is not sock, self._shared_memory),
                 )
             end = math.inf if limit is None else time.monotonic() + limit
             pending = _Pending(channel, peer, handshake, end)
@@ -306,7 +322,10 @@ class Listener:
         pending.sock.setblocking(True)
         self._last_accepted = pending.peer
         tcp = is_tcp(pending.sock)
-        conn = self._connection(pending.sock, b"" if handshake is None else handshake.leftover())
+        if handshake is None:
+            conn = self._connection(pending.sock)
+        else:
+            conn = self._connection(pending.sock, handshake.leftover(), handshake.agreed)
         if tcp and handshake is not None:
             _restore_nagle_after_first_send(conn)
         return conn
@@ -400,6 +419,7 @@ def Client(
     allow_legacy_auth: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    shared_memory: bool | None = None,
 ) -> Connection:
     """Connect to the Listener at ``address`` and, with an authkey, authenticate.
 
@@ -408,7 +428,8 @@ def Client(
     then; expiry raises TimeoutError. The handshake alone is also bounded by
     ``handshake_timeout`` (None: no limit); expiry raises HandshakeTimeout.
     The Connection refuses messages over ``max_message_size`` bytes and
-    encodes objects with ``serializer`` (default: pickle).
+    encodes objects with ``serializer`` (default: pickle). ``shared_memory``
+    as for :class:`Listener`.
     """
     family = family or address_type(address)
     validate_family(family)
@@ -420,6 +441,8 @@ def Client(
         channel = _start_tls(sock, ssl_context, address, server_hostname, deadline)
     conn = Connection.from_socket(channel, max_message_size=max_message_size, serializer=serializer)
     if authkey is None:
+        if shared_memory:
+            conn._use_shared_memory()
         return conn
     if handshake_timeout is not None:
         limit = time.monotonic() + handshake_timeout
@@ -428,8 +451,14 @@ def Client(
     try:
         if tcp:
             set_nodelay(conn.fileno(), True)
-        run_handshake(
-            conn, authkey, Role.CLIENT, digest, deadline=deadline, allow_legacy=allow_legacy_auth
+        agreed = run_handshake(
+            conn,
+            authkey,
+            Role.CLIENT,
+            digest,
+            deadline=deadline,
+            allow_legacy=allow_legacy_auth,
+            extensions=shm.offer(sock, channel is not sock, shared_memory),
         )
     except TimeoutError as exc:
         conn.close()
@@ -439,6 +468,8 @@ def Client(
         raise
     if tcp:
         _restore_nagle_after_first_send(conn)
+    if shm.EXTENSION in agreed:
+        conn._use_shared_memory()
     return conn
 
 

@@ -19,7 +19,8 @@ def Pipe(
     """Two connected ends: both ways, or one way (reader, writer).
 
     Both kinds are a socketpair (a one-way pair shut down in the other
-    direction), so either end can be woken by close() from another thread.
+    direction), so either end can be woken by close() from another thread,
+    and large pickled buffers travel between the ends as shared memory.
     """
     left, right = socket.socketpair()
     left.setblocking(True)
@@ -31,7 +32,12 @@ def Pipe(
 
     def end(sock: socket.socket, readable: bool, writable: bool) -> Connection:
         return Connection(
-            sock.detach(), readable, writable, max_message_size=max_message_size, serializer=options
+            sock.detach(),
+            readable,
+            writable,
+            max_message_size=max_message_size,
+            serializer=options,
+            shared_memory=True,
         )
 
     return end(left, True, duplex), end(right, duplex, True)

@@ -1,0 +1,423 @@
+"""Shared memory between mpwire peers: large pickled buffers travel as memfds."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import mmap
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import mpwire
+from mpwire.exceptions import FrameError
+from mpwire.protocol.frames import MAX_SHARED_BUFFERS, encode_header, encode_shared_header
+from mpwire.sync import shm
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not shm.available(), reason="needs memfd_create and file seals (Linux)"),
+]
+
+AUTHKEY = b"shared secret"
+BIG = shm.SHARED_THRESHOLD
+
+
+def exchange(sender: mpwire.Connection, receiver: mpwire.Connection, obj: Any) -> Any:
+    """``obj`` sent on one end (in a thread: it may not fit the socket) and received."""
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            sender.send(obj)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        return receiver.recv(timeout=60)
+    finally:
+        thread.join(60)
+        if errors:
+            raise errors[0]
+
+
+def mapped(array_: np.ndarray[Any, Any]) -> bool:
+    """Whether the array's memory is a mapping (the memfd), found down its base chain."""
+    base: Any = array_
+    while base is not None:
+        if isinstance(base, mmap.mmap):
+            return True
+        nxt = getattr(base, "base", None)
+        base = getattr(base, "obj", None) if nxt is None else nxt
+    return False
+
+
+def memfds() -> int:
+    """How many memfds this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own fd is gone
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+    return count
+
+
+def mapped_memfds() -> int:
+    """How many memfd mappings this process has."""
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        return sum("/memfd:mpwire" in line for line in maps)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[mpwire.Connection, mpwire.Connection]]:
+    a, b = mpwire.Pipe()
+    with a, b:
+        yield a, b
+
+
+# -- round trips ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(BIG // 8, dtype=np.float64),
+        np.arange(BIG, dtype=np.uint8).reshape(1024, -1),
+        np.asfortranarray(np.arange(BIG // 4, dtype=np.int32).reshape(512, -1)),
+        np.arange(3 * BIG, dtype=np.int16)[::3],  # not contiguous: copied in band
+        np.arange(BIG // 16, dtype=np.complex128),
+        np.zeros((0, 5)),
+        np.array(3.5),
+        np.arange(10),
+    ],
+    ids=["float64", "2d-uint8", "fortran", "strided", "complex", "empty", "0-d", "small"],
+)
+def test_arrays_round_trip(pipe: Any, value: np.ndarray[Any, Any]) -> None:
+    a, b = pipe
+    got = exchange(a, b, value)
+    np.testing.assert_array_equal(got, value)
+    assert got.dtype == value.dtype and got.shape == value.shape
+    assert got.flags.writeable
+    large_and_contiguous = value.nbytes >= BIG and (
+        value.flags.c_contiguous or value.flags.f_contiguous
+    )
+    assert mapped(got) == large_and_contiguous
+
+
+def test_the_received_array_is_its_own(pipe: Any) -> None:
+    a, b = pipe
+    sent = np.zeros(BIG // 8)
+    first = exchange(a, b, sent)
+    sent[:] = 1.0  # the sender's changes after sending do not reach it
+    second = exchange(a, b, sent)
+    first[:] = 2.0  # nor do the receiver's changes to another message's array
+    assert mapped(first) and mapped(second)
+    assert (second == 1.0).all() and (sent == 1.0).all() and (first == 2.0).all()
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, BIG - 1, BIG, 64 << 20, 512 << 20])
+@pytest.mark.parametrize("kind", [bytes, bytearray, pickle.PickleBuffer])
+def test_buffers_of_every_size(pipe: Any, kind: type, size: int) -> None:
+    a, b = pipe
+    data = bytearray(size)
+    data[::4096] = b"\x07" * len(data[::4096])
+    got = exchange(a, b, kind(data))
+    if kind is pickle.PickleBuffer:
+        assert memoryview(got) == memoryview(data)
+        assert isinstance(got, mmap.mmap) == (size >= BIG)
+    else:
+        assert type(got) is kind and got == data
+
+
+def test_many_small_and_large_buffers_in_one_object(pipe: Any) -> None:
+    a, b = pipe
+    value = {
+        "large": [np.full(BIG // 8, float(i)) for i in range(MAX_SHARED_BUFFERS + 6)],
+        "small": [np.full(100, i) for i in range(200)],
+        "text": "x" * 10_000,
+        "bytes": b"y" * (2 * BIG),
+    }
+    got = exchange(a, b, value)
+    assert len(got["large"]) == MAX_SHARED_BUFFERS + 6
+    for i, item in enumerate(got["large"]):
+        assert (item == float(i)).all()
+    assert sum(mapped(item) for item in got["large"]) == MAX_SHARED_BUFFERS  # the rest in band
+    assert all((item == i).all() for i, item in enumerate(got["small"]))
+    assert got["text"] == value["text"] and got["bytes"] == value["bytes"]
+
+
+def test_recv_bytes_gets_the_pickle_with_its_buffers_in_band(pipe: Any) -> None:
+    a, b = pipe
+    value = [np.arange(BIG // 8, dtype=np.float64), pickle.PickleBuffer(b"r" * BIG), "x"]
+    a.send(value)
+    data = b.recv_bytes()
+    back = pickle.loads(data)  # no buffers= needed
+    np.testing.assert_array_equal(back[0], value[0])
+    assert bytes(back[1]) == b"r" * BIG and back[2] == "x"
+    a.send(value)
+    into = bytearray(len(data) + 10)
+    assert b.recv_bytes_into(into, 5) == len(data)
+    assert into[5 : 5 + len(data)] == data
+    a.send(value)
+    with pytest.raises(mpwire.BufferTooShort) as raised:
+        b.recv_bytes_into(bytearray(100))
+    assert raised.value.args[0] == data
+
+
+def test_max_message_size_counts_the_shared_buffers() -> None:
+    a, b = mpwire.Pipe(max_message_size=BIG)
+    with a, b:
+        a.send(np.zeros(BIG // 8 + 1))
+        with pytest.raises(mpwire.MessageTooLong):
+            b.recv()
+        assert b.closed
+
+
+def test_timed_receives_and_sends(pipe: Any) -> None:
+    a, b = pipe
+    value = np.arange(BIG // 8, dtype=np.float64)
+    a.send(value, timeout=10)
+    np.testing.assert_array_equal(b.recv(timeout=10), value)
+    with pytest.raises(TimeoutError):
+        b.recv(timeout=0.01)
+
+
+# -- who agrees ------------------------------------------------------------------------
+
+
+def connect_pair(
+    family: str, tmp_path: Path, listener_kw: dict[str, Any], client_kw: dict[str, Any]
+) -> tuple[mpwire.Connection, mpwire.Connection]:
+    address: Any = str(tmp_path / "s") if family == "AF_UNIX" else ("127.0.0.1", 0)
+    with mpwire.Listener(address, **listener_kw) as listener:
+        result: list[mpwire.Connection] = []
+        thread = threading.Thread(target=lambda: result.append(listener.accept(timeout=10)))
+        thread.start()
+        client = mpwire.Client(listener.address, timeout=10, **client_kw)
+        thread.join(10)
+    return result[0], client
+
+
+@pytest.mark.parametrize(
+    ("family", "listener_kw", "client_kw", "agreed"),
+    [
+        ("AF_UNIX", {"authkey": AUTHKEY}, {"authkey": AUTHKEY}, True),
+        ("AF_INET", {"authkey": AUTHKEY}, {"authkey": AUTHKEY}, False),
+        ("AF_UNIX", {"authkey": AUTHKEY, "shared_memory": False}, {"authkey": AUTHKEY}, False),
+        ("AF_UNIX", {"authkey": AUTHKEY}, {"authkey": AUTHKEY, "shared_memory": False}, False),
+        ("AF_UNIX", {}, {}, False),
+        ("AF_UNIX", {"shared_memory": True}, {"shared_memory": True}, True),
+    ],
+    ids=["unix-authkey", "tcp", "listener-declines", "client-declines", "no-key", "no-key-opt-in"],
+)
+def test_who_agrees(
+    tmp_path: Path, family: str, listener_kw: Any, client_kw: Any, agreed: bool
+) -> None:
+    server, client = connect_pair(family, tmp_path, listener_kw, client_kw)
+    with server, client:
+        assert server.shared_memory == client.shared_memory == agreed
+        value = np.arange(BIG // 8, dtype=np.float64)
+        got = exchange(client, server, value)
+        np.testing.assert_array_equal(got, value)
+        assert mapped(got) == agreed
+        np.testing.assert_array_equal(exchange(server, client, value), value)
+
+
+def test_a_connection_passed_to_a_child_keeps_shared_memory(pipe: Any) -> None:
+    import multiprocessing
+
+    a, b = pipe
+    ctx = multiprocessing.get_context("spawn")
+    child = ctx.Process(target=_send_back_shared, args=(b,))
+    child.start()
+    try:
+        value = np.arange(BIG // 8, dtype=np.float64)
+        a.send(value)
+        got = a.recv(timeout=60)
+        np.testing.assert_array_equal(got, value * 2)
+        assert mapped(got)
+    finally:
+        child.join(60)
+    assert child.exitcode == 0
+
+
+def _send_back_shared(conn: mpwire.Connection) -> None:
+    assert conn.shared_memory
+    value = conn.recv()
+    assert mapped(value)
+    conn.send(value * 2)
+
+
+# -- nothing leaks ---------------------------------------------------------------------
+
+
+def test_no_descriptor_or_mapping_leaks_after_ten_thousand_transfers(pipe: Any) -> None:
+    a, b = pipe
+    before = (memfds(), mapped_memfds(), sorted(os.listdir("/dev/shm")))
+    value = np.ones(BIG // 8)
+    for _ in range(10_000):
+        a.send(value)
+        got = b.recv()
+        assert mapped(got)
+        del got
+    assert (memfds(), mapped_memfds(), sorted(os.listdir("/dev/shm"))) == before
+
+
+_KILLED_SENDER = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    import mpwire
+    conn = mpwire.Client(sys.argv[1], authkey=b"shared secret")
+    assert conn.shared_memory
+    value = np.ones(64 << 17)
+    while True:
+        conn.send(value)
+    """
+)
+
+
+def test_a_sender_killed_mid_stream_leaves_nothing(tmp_path: Path) -> None:
+    before = (memfds(), mapped_memfds(), sorted(os.listdir("/dev/shm")))
+    with mpwire.Listener(str(tmp_path / "s"), authkey=AUTHKEY) as listener:
+        child = subprocess.Popen([sys.executable, "-c", _KILLED_SENDER, listener.address])
+        try:
+            with listener.accept(timeout=30) as conn:
+                assert conn.shared_memory
+                got = conn.recv(timeout=30)
+                assert mapped(got)
+                del got
+                os.kill(child.pid, signal.SIGKILL)
+                child.wait(30)
+                with pytest.raises((EOFError, OSError)):
+                    while True:
+                        conn.recv(timeout=30)
+        finally:
+            child.kill()
+            child.wait(30)
+    assert (memfds(), mapped_memfds(), sorted(os.listdir("/dev/shm"))) == before
+
+
+def test_a_receiver_killed_mid_stream_leaves_nothing(tmp_path: Path) -> None:
+    script = (
+        "import sys, mpwire\n"
+        "conn = mpwire.Client(sys.argv[1], authkey=b'shared secret')\n"
+        "conn.recv()\n"
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    before = (memfds(), mapped_memfds())
+    with mpwire.Listener(str(tmp_path / "s"), authkey=AUTHKEY) as listener:
+        child = subprocess.Popen([sys.executable, "-c", script, listener.address])
+        try:
+            with listener.accept(timeout=30) as conn:
+                value = np.ones(64 << 17)
+                with pytest.raises(OSError):
+                    for _ in range(10_000):
+                        conn.send(value, timeout=30)
+        finally:
+            child.kill()
+            child.wait(30)
+    assert (memfds(), mapped_memfds()) == before
+
+
+# -- bad peers -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[tuple[socket.socket, mpwire.Connection]]:
+    """A raw socket as the peer of a Connection that agreed on shared memory."""
+    left, right = socket.socketpair()
+    conn = mpwire.Connection(right.detach())
+    conn._use_shared_memory()
+    with left, conn:
+        yield left, conn
+
+
+def a_memfd(size: int, seals: int = shm._SIZE_SEALS) -> int:
+    fd = os.memfd_create("test", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    if seals:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    return fd
+
+
+def send_with_fds(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([data], rights)
+    for fd in fds:
+        os.close(fd)
+
+
+def a_pickle_of_one_buffer() -> bytes:
+    return pickle.dumps(pickle.PickleBuffer(bytearray(8)), 5, buffer_callback=lambda b: False)
+
+
+def shared_message(lengths: list[int]) -> bytes:
+    head = a_pickle_of_one_buffer() if len(lengths) == 1 else b""
+    return encode_shared_header(lengths) + encode_header(len(head)) + head
+
+
+@pytest.mark.parametrize(
+    ("fds", "lengths", "message"),
+    [
+        ([], [4096], "without its file descriptors"),
+        (["unsealed"], [4096], "not sealed"),
+        (["small"], [8192], "came in a memfd of 4096"),
+        (["socket"], [4096], "not a memfd"),
+    ],
+)
+def test_bad_shared_messages_close_the_connection(
+    raw_peer: Any, fds: list[str], lengths: list[int], message: str
+) -> None:
+    peer, conn = raw_peer
+    made = {
+        "unsealed": lambda: a_memfd(4096, seals=0),
+        "small": lambda: a_memfd(4096),
+        "socket": lambda: os.dup(peer.fileno()),
+    }
+    send_with_fds(peer, shared_message(lengths), [made[name]() for name in fds])
+    before = memfds()
+    with pytest.raises(FrameError, match=message):
+        conn.recv(timeout=10)
+    assert conn.closed
+    assert memfds() <= before
+
+
+def test_descriptors_without_messages_are_refused(raw_peer: Any) -> None:
+    peer, conn = raw_peer
+    for byte in b"\0\0\0dx":  # the start of a 100-byte frame, a byte at a time
+        send_with_fds(peer, bytes([byte]), [a_memfd(4096) for _ in range(MAX_SHARED_BUFFERS)])
+    with pytest.raises(FrameError, match="without the messages"):
+        conn.recv_bytes(timeout=10)
+    assert conn.closed
+
+
+def test_a_shared_header_with_a_bad_count_is_refused(raw_peer: Any) -> None:
+    peer, conn = raw_peer
+    peer.sendall(struct.pack("!iI", -2, MAX_SHARED_BUFFERS + 1))
+    with pytest.raises(FrameError, match="buffers"):
+        conn.recv(timeout=10)
+
+
+def test_a_shared_header_on_a_plain_connection_is_a_corrupt_frame() -> None:
+    left, right = socket.socketpair()
+    with left, mpwire.Connection(right.detach()) as conn:
+        assert not conn.shared_memory
+        left.sendall(encode_shared_header([4096]))
+        with pytest.raises(FrameError, match="negative length -2"):
+            conn.recv(timeout=10)
