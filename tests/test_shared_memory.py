@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
-import mmap
+import ctypes
 import os
 import pickle
 import signal
@@ -23,7 +23,13 @@ import pytest
 
 import mpwire
 from mpwire.exceptions import FrameError
-from mpwire.protocol.frames import MAX_SHARED_BUFFERS, encode_header, encode_shared_header
+from mpwire.protocol.frames import (
+    MAX_SHARED_BUFFERS,
+    SHARED_KEEP,
+    SharedEntry,
+    encode_header,
+    encode_shared_header,
+)
 from mpwire.sync import shm
 
 pytestmark = [
@@ -33,6 +39,8 @@ pytestmark = [
 
 AUTHKEY = b"shared secret"
 BIG = shm.SHARED_THRESHOLD
+FDS_PER_SHARED_BUFFER = 1 if sys.version_info >= (3, 13) else 2
+"""Its own, and before 3.13 the duplicate that mmap keeps."""
 
 
 def exchange(sender: mpwire.Connection, receiver: mpwire.Connection, obj: Any) -> Any:
@@ -55,14 +63,20 @@ def exchange(sender: mpwire.Connection, receiver: mpwire.Connection, obj: Any) -
             raise errors[0]
 
 
-def mapped(array_: np.ndarray[Any, Any]) -> bool:
-    """Whether the array's memory is a mapping (the memfd), found down its base chain."""
-    base: Any = array_
-    while base is not None:
-        if isinstance(base, mmap.mmap):
-            return True
-        nxt = getattr(base, "base", None)
-        base = getattr(base, "obj", None) if nxt is None else nxt
+def mapped(value: Any) -> bool:
+    """Whether ``value``'s memory (an array's or a buffer's) lies in a memfd mapping."""
+    if not memoryview(value).nbytes:
+        return False
+    if isinstance(value, np.ndarray):
+        address = value.__array_interface__["data"][0]
+    else:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(value))
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        for line in maps:
+            span, *_, path = line.split(maxsplit=5)
+            start, end = (int(x, 16) for x in span.split("-"))
+            if start <= address < end:
+                return "/memfd:" in path
     return False
 
 
@@ -137,7 +151,7 @@ def test_buffers_of_every_size(pipe: Any, kind: type, size: int) -> None:
     got = exchange(a, b, kind(data))
     if kind is pickle.PickleBuffer:
         assert memoryview(got) == memoryview(data)
-        assert isinstance(got, mmap.mmap) == (size >= BIG)
+        assert mapped(got) == (size >= BIG)
     else:
         assert type(got) is kind and got == data
 
@@ -193,6 +207,71 @@ def test_timed_receives_and_sends(pipe: Any) -> None:
     np.testing.assert_array_equal(b.recv(timeout=10), value)
     with pytest.raises(TimeoutError):
         b.recv(timeout=0.01)
+
+
+# -- SharedBuffer: memory both ends share ----------------------------------------------
+
+
+def test_a_shared_array_travels_without_a_copy_and_stays_shared(pipe: Any) -> None:
+    a, b = pipe
+    sent = mpwire.shared_array((300, 7), dtype=np.float32)
+    sent[:] = 3
+    got = exchange(a, b, sent)
+    assert got.shape == (300, 7) and got.dtype == np.float32 and (got == 3).all()
+    sent[0, 0] = 42  # one memory: each end sees the other's writes
+    got[1, 1] = 7
+    assert got[0, 0] == 42 and sent[1, 1] == 7
+    part = exchange(a, b, sent[10:20])  # a view into it: its offset travels
+    assert part.shape == (10, 7)
+    part[0, 0] = -1
+    assert sent[10, 0] == -1
+    strided = exchange(a, b, sent[10:20, 2:])  # numpy copies what is not contiguous
+    strided[0, 0] = -2
+    assert sent[10, 2] == 3
+    forwarded = exchange(b, a, got)  # what was received goes on without a copy too
+    forwarded[2, 2] = 9
+    assert sent[2, 2] == 9
+
+
+def test_a_shared_buffer_comes_back_as_one(pipe: Any) -> None:
+    a, b = pipe
+    buffer = mpwire.SharedBuffer(5000)
+    memoryview(buffer)[:3] = b"abc"
+    got = exchange(a, b, pickle.PickleBuffer(buffer))
+    assert isinstance(got, mpwire.SharedBuffer) and len(got) == 5000
+    assert got[:3] == b"abc"
+    got[3:6] = b"def"
+    assert buffer[:6] == b"abcdef"
+
+
+def test_a_shared_buffer_is_copied_where_there_is_no_shared_memory(tmp_path: Path) -> None:
+    server, client = connect_pair("AF_INET", tmp_path, {"authkey": AUTHKEY}, {"authkey": AUTHKEY})
+    with server, client:
+        sent = mpwire.shared_array(1000)
+        got = exchange(client, server, sent)
+        got[0] = 5.0
+        assert sent[0] == 0.0 and not mapped(got)
+
+
+def test_received_shared_buffers_release_their_descriptors(pipe: Any) -> None:
+    a, b = pipe
+    sent = mpwire.shared_array(1000)
+    before = memfds()
+    received = [exchange(a, b, sent) for _ in range(50)]
+    assert memfds() == before + 50 * FDS_PER_SHARED_BUFFER  # each keeps its memfd, to send on
+    del received
+    assert memfds() == before
+
+
+def test_shared_buffer_sizes() -> None:
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        mpwire.SharedBuffer(0)
+    assert mpwire.shared_array((0, 3)).shape == (0, 3)
+    buffer = mpwire.SharedBuffer(10)
+    fd = buffer.fileno()
+    buffer.close()
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 # -- who agrees ------------------------------------------------------------------------
@@ -367,30 +446,35 @@ def a_pickle_of_one_buffer() -> bytes:
     return pickle.dumps(pickle.PickleBuffer(bytearray(8)), 5, buffer_callback=lambda b: False)
 
 
-def shared_message(lengths: list[int]) -> bytes:
-    head = a_pickle_of_one_buffer() if len(lengths) == 1 else b""
-    return encode_shared_header(lengths) + encode_header(len(head)) + head
+def shared_message(entries: list[SharedEntry]) -> bytes:
+    head = a_pickle_of_one_buffer() if len(entries) == 1 else b""
+    return encode_shared_header(entries) + encode_header(len(head)) + head
 
 
 @pytest.mark.parametrize(
-    ("fds", "lengths", "message"),
+    ("fds", "entries", "message"),
     [
-        ([], [4096], "without its file descriptors"),
-        (["unsealed"], [4096], "not sealed"),
-        (["small"], [8192], "came in a memfd of 4096"),
-        (["socket"], [4096], "not a memfd"),
+        ([], [SharedEntry(0, 0, 4096)], "without its file descriptors"),
+        (["unsealed"], [SharedEntry(0, 0, 4096)], "not sealed"),
+        (["small"], [SharedEntry(0, 0, 8192)], "came in a memfd of 4096"),
+        (["small"], [SharedEntry(SHARED_KEEP, 4000, 100)], "at 4000 came in a memfd of 4096"),
+        (["small"], [SharedEntry(0, 4096, 1)], "at 4096 came in a memfd"),
+        (["large"], [SharedEntry(0, 4096, 1)], "must start its memfd"),
+        (["small"], [SharedEntry(0, 0, 0)], "of 0 bytes"),
+        (["socket"], [SharedEntry(0, 0, 4096)], "not a memfd"),
     ],
 )
 def test_bad_shared_messages_close_the_connection(
-    raw_peer: Any, fds: list[str], lengths: list[int], message: str
+    raw_peer: Any, fds: list[str], entries: list[SharedEntry], message: str
 ) -> None:
     peer, conn = raw_peer
     made = {
         "unsealed": lambda: a_memfd(4096, seals=0),
         "small": lambda: a_memfd(4096),
+        "large": lambda: a_memfd(8192),
         "socket": lambda: os.dup(peer.fileno()),
     }
-    send_with_fds(peer, shared_message(lengths), [made[name]() for name in fds])
+    send_with_fds(peer, shared_message(entries), [made[name]() for name in fds])
     before = memfds()
     with pytest.raises(FrameError, match=message):
         conn.recv(timeout=10)
@@ -418,6 +502,6 @@ def test_a_shared_header_on_a_plain_connection_is_a_corrupt_frame() -> None:
     left, right = socket.socketpair()
     with left, mpwire.Connection(right.detach()) as conn:
         assert not conn.shared_memory
-        left.sendall(encode_shared_header([4096]))
+        left.sendall(encode_shared_header([SharedEntry(0, 0, 4096)]))
         with pytest.raises(FrameError, match="negative length -2"):
             conn.recv(timeout=10)

@@ -23,6 +23,7 @@ from .sync import (
     deliver_challenge,
     wait,
 )
+from .sync.shm import SharedBuffer, shared_array
 
 __version__ = "0.1.0"
 
@@ -37,9 +38,11 @@ __all__ = [
     "Listener",
     "MessageTooLong",
     "Pipe",
+    "SharedBuffer",
     "TLSError",
     "answer_challenge",
     "connection",
     "deliver_challenge",
+    "shared_array",
     "wait",
 ]

@@ -23,7 +23,7 @@ import pickle
 import pickletools
 import struct
 from collections import ChainMap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from multiprocessing.reduction import ForkingPickler
 from typing import Any, Protocol
 
@@ -98,9 +98,9 @@ def dump_parts(obj: Any) -> list[bytes | memoryview]:
 
 
 def dump_shared(
-    obj: Any, threshold: int, limit: int
+    obj: Any, out_of_band: Callable[[memoryview], bool], limit: int
 ) -> tuple[list[bytes | memoryview], list[memoryview]]:
-    """Pickle ``obj`` with its first ``limit`` buffers of ``threshold`` bytes or more out of band.
+    """Pickle ``obj`` with its first ``limit`` buffers that ``out_of_band`` picks out of band.
 
     Returns the pickle's parts (as :func:`dump_parts`) and the out-of-band
     buffers, which ``pickle.loads(..., buffers=)`` takes back in order. Only
@@ -115,7 +115,7 @@ def dump_shared(
             view = buffer.raw()
         except BufferError:  # not contiguous: the pickler says why
             return True
-        if view.nbytes < threshold or len(shared) == limit:
+        if len(shared) == limit or not out_of_band(view):
             return True
         shared.append(view)
         return False

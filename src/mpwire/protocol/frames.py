@@ -6,10 +6,11 @@ length (CPython 3.8 and later read and write this form).
 
 Between mpwire peers that agreed on shared memory (and only then), a
 shared-memory header may precede a frame: the length -2, the count of
-buffers as an unsigned 32-bit number, and each buffer's length as an
-unsigned 64-bit one. The frame that follows is a pickle that takes those
-buffers out of band, in order; they travel as file descriptors beside the
-bytes (see :mod:`mpwire.sync.shm`).
+buffers as an unsigned 32-bit number, and for each buffer a flags byte
+(:data:`SHARED_KEEP`: the memory is shared on purpose, and stays shared),
+then its offset and length in its file as unsigned 64-bit numbers. The frame
+that follows is a pickle that takes those buffers out of band, in order;
+they travel as file descriptors beside the bytes (see :mod:`mpwire.sync.shm`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from ..exceptions import FrameError, MessageTooLong
 
 __all__ = [
     "LARGEST_SHORT",
+    "SHARED_KEEP",
     "FrameDecoder",
     "LargeFrame",
     "PayloadReader",
+    "SharedEntry",
     "encode_header",
     "encode_shared_header",
     "encode_short_header",
@@ -38,6 +41,10 @@ _LONG = struct.Struct("!Q")
 _LONG_MARK = _SHORT.pack(-1)
 _SHARED = -2
 _COUNT = struct.Struct("!I")
+_ENTRY = "BQQ"
+
+SHARED_KEEP = 1
+"""A shared buffer's flag: the receiver keeps the file, shared with the sender."""
 
 MAX_SHARED_BUFFERS = 64
 """The most shared-memory buffers one message may carry (a file descriptor each)."""
@@ -75,11 +82,20 @@ def encode_header(size: int) -> bytes:
     return _LONG_MARK + _LONG.pack(size)
 
 
-def encode_shared_header(lengths: list[int]) -> bytes:
+class SharedEntry(NamedTuple):
+    """A shared buffer as the header describes it: where it lies in its file."""
+
+    flags: int
+    offset: int
+    length: int
+
+
+def encode_shared_header(entries: list[SharedEntry]) -> bytes:
     """The header announcing that the next frame takes these shared buffers."""
-    if not 1 <= len(lengths) <= MAX_SHARED_BUFFERS:
+    if not 1 <= len(entries) <= MAX_SHARED_BUFFERS:
         raise ValueError(f"a message carries 1 to {MAX_SHARED_BUFFERS} shared buffers")
-    return struct.pack(f"!iI{len(lengths)}Q", _SHARED, len(lengths), *lengths)
+    fields = [field for entry in entries for field in entry]
+    return struct.pack(f"!iI{_ENTRY * len(entries)}", _SHARED, len(entries), *fields)
 
 
 class LargeFrame(NamedTuple):
@@ -103,8 +119,8 @@ class FrameDecoder:
     arrive, so a forged length reserves at most ``GROWTH_STEP`` bytes.
 
     With ``accept_shared`` set, a shared-memory header is taken too: the
-    next frame then comes with :attr:`shared`, the lengths of its buffers,
-    which the caller takes (and resets to None) with the frame.
+    next frame then comes with :attr:`shared`, its buffers' entries, which
+    the caller takes (and resets to None) with the frame.
     """
 
     def __init__(
@@ -127,7 +143,7 @@ class FrameDecoder:
         self._into: memoryview | None = None
         self._lease: memoryview | None = None
         self.accept_shared = False
-        self.shared: tuple[int, ...] | None = None
+        self.shared: list[SharedEntry] | None = None
         self.feed(initial)
 
     @property
@@ -262,7 +278,7 @@ class FrameDecoder:
                 return None
             size = _LONG.unpack_from(self._buf, begin)[0]
             begin += 8
-        whole = size if self.shared is None else size + sum(self.shared)
+        whole = size if self.shared is None else size + sum(e.length for e in self.shared)
         if maxlength is not None and whole > maxlength:
             raise MessageTooLong(whole, maxlength)
         if self.max_size is not None and whole > self.max_size:
@@ -296,10 +312,12 @@ class FrameDecoder:
         count: int = _COUNT.unpack_from(self._buf, start + 4)[0]
         if not 1 <= count <= MAX_SHARED_BUFFERS:
             raise FrameError(f"corrupt shared-memory header: {count} buffers")
-        end = start + 8 + 8 * count
+        entries = struct.Struct(f"!{_ENTRY * count}")
+        end = start + 8 + entries.size
         if self._end < end:
             return None
-        self.shared = struct.unpack_from(f"!{count}Q", self._buf, start + 8)
+        fields = entries.unpack_from(self._buf, start + 8)
+        self.shared = [SharedEntry(*fields[i : i + 3]) for i in range(0, len(fields), 3)]
         self._start = end
         return self.next_frame(maxlength, into, stream)
 

@@ -36,6 +36,7 @@ from ..protocol.frames import (
     LargeFrame,
     PayloadReader,
     ReadInto,
+    SharedEntry,
     encode_header,
     encode_shared_header,
     encode_short_header,
@@ -76,6 +77,11 @@ _IOV_MAX = 1024
 
 _Shared = tuple[bytes, list[int]]
 """A shared-memory message's header and the memfds that go with it."""
+
+
+def _out_of_band(view: memoryview) -> bool:
+    """Whether a pickled buffer goes as shared memory: large, or in a SharedBuffer already."""
+    return view.nbytes >= shm.SHARED_THRESHOLD or shm.shared_entry(view) is not None
 
 
 def _ready(fd: int, event: int, deadline: float) -> bool:
@@ -354,19 +360,28 @@ class Connection:
             self._send_frame(self._serializer.dumps(obj), timeout)
 
     def _send_shared(self, obj: Any, timeout: float | None) -> None:
-        """send() with large buffers copied to memfds that go with the message."""
-        parts, buffers = dump_shared(obj, shm.SHARED_THRESHOLD, MAX_SHARED_BUFFERS)
+        """send() with large buffers, and those in SharedBuffers, as memfds beside the message.
+
+        A buffer in a SharedBuffer goes as its memfd; another is copied into a new one.
+        """
+        parts, buffers = dump_shared(obj, _out_of_band, MAX_SHARED_BUFFERS)
         if not buffers:
             self._send_frame(parts, timeout)
             return
+        entries: list[SharedEntry] = []
         fds: list[int] = []
+        copies: list[int] = []
         try:
             for buffer in buffers:
-                fds.append(shm.memfd_of(buffer))
-            header = encode_shared_header([buffer.nbytes for buffer in buffers])
-            self._send_frame(parts, timeout, (header, fds))
+                found = shm.shared_entry(buffer)
+                if found is None:
+                    copies.append(shm.memfd_of(buffer))
+                    found = SharedEntry(0, 0, buffer.nbytes), copies[-1]
+                entries.append(found[0])
+                fds.append(found[1])
+            self._send_frame(parts, timeout, (encode_shared_header(entries), fds))
         finally:
-            for fd in fds:
+            for fd in copies:
                 os.close(fd)
 
     def _send_frame(
@@ -592,17 +607,17 @@ class Connection:
 
     def _shared_buffers(self) -> list[Any]:
         """Map the memfds of the shared-memory message just decoded (closing on error)."""
-        lengths, self._decoder.shared = self._decoder.shared, None
-        assert lengths is not None and self._fd_reader is not None
+        entries, self._decoder.shared = self._decoder.shared, None
+        assert entries is not None and self._fd_reader is not None
         fds = self._fd_reader.fds
         try:
-            if len(fds) < len(lengths):
+            if len(fds) < len(entries):
                 raise FrameError("a shared-memory message came without its file descriptors")
             maps = []
-            for length in lengths:
+            for entry in entries:
                 fd = fds.popleft()
                 try:
-                    maps.append(shm.map_memfd(fd, length))
+                    maps.append(shm.map_memfd(fd, entry))
                 finally:
                     os.close(fd)
         except BaseException:

@@ -10,29 +10,39 @@ when the last descriptor and mapping go, whichever process dies first.
 The sender seals the file's size, so a peer cannot shrink it under the
 receiver's mapping (which would make touching the array crash with SIGBUS);
 the receiver refuses a descriptor without that seal, or smaller than announced.
+
+A :class:`SharedBuffer` is memory that lives in a memfd from the start:
+arrays over it travel with no copy at all, and both ends then share it.
 """
 
 from __future__ import annotations
 
 import array
 import collections
+import ctypes
 import fcntl
 import mmap
 import os
 import socket
+import sys
+import weakref
+from typing import Any, Self
 
 from ..exceptions import FrameError
-from ..protocol.frames import MAX_SHARED_BUFFERS
+from ..protocol.frames import MAX_SHARED_BUFFERS, SHARED_KEEP, SharedEntry
 
 __all__ = [
     "EXTENSION",
     "SHARED_THRESHOLD",
     "FdReader",
+    "SharedBuffer",
     "available",
     "close_all",
     "map_memfd",
     "memfd_of",
     "offer",
+    "shared_array",
+    "shared_entry",
 ]
 
 SHARED_THRESHOLD = 1 << 20
@@ -42,6 +52,22 @@ _SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _MAX_WRITE = 0x7FFFF000
 """The most one write() transfers on Linux."""
 _FD_SPACE = socket.CMSG_SPACE(MAX_SHARED_BUFFERS * array.array("i").itemsize)
+_MMAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+"""mmap keeps a duplicate of the file descriptor unless told not to (3.13 and later)."""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
 _CTRUNC = int(socket.MSG_CTRUNC)
 """A plain int: flags & an IntFlag member goes through the enum machinery (about 1 µs)."""
 _MAX_WAITING_FDS = 4 * MAX_SHARED_BUFFERS
@@ -93,12 +119,14 @@ def memfd_of(view: memoryview) -> int:
     return fd
 
 
-def map_memfd(fd: int, length: int) -> mmap.mmap:
-    """Map a received memfd of ``length`` bytes, writable; raise FrameError if it is unfit.
+def map_memfd(fd: int, entry: SharedEntry) -> Any:
+    """The buffer a received memfd holds, writable; raise FrameError if it is unfit.
 
-    The mapping is shared with the file, which only the sender's copy in
-    :func:`memfd_of` wrote and which the sender closes once sent: the
-    receiver's array is its own.
+    A copy the sender made (:func:`memfd_of`) is mapped and the descriptor
+    may be closed: the sender closed its own once sent, so the receiver's
+    array is its own. A buffer shared on purpose (``SHARED_KEEP``) comes back
+    as a :class:`SharedBuffer` (or a view of one), which keeps the
+    descriptor and can be sent on without a copy. The caller closes ``fd``.
     """
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -107,15 +135,129 @@ def map_memfd(fd: int, length: int) -> mmap.mmap:
         raise FrameError(f"a shared buffer's file descriptor is not a memfd: {exc}") from None
     if seals & _SIZE_SEALS != _SIZE_SEALS:
         raise FrameError("a shared buffer's memfd is not sealed against resizing")
-    if size < length or length < 1:
-        raise FrameError(f"a shared buffer of {length} bytes came in a memfd of {size}")
-    return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    offset, length = entry.offset, entry.length
+    if length < 1 or offset + length > size:
+        raise FrameError(f"a shared buffer of {length} bytes at {offset} came in a memfd of {size}")
+    if not entry.flags & SHARED_KEEP:
+        if offset:
+            raise FrameError("a copied shared buffer must start its memfd")
+        return _map(fd, length)
+    shared = SharedBuffer._adopt(os.dup(fd), size)
+    if offset == 0 and length == size:
+        return shared
+    return memoryview(shared)[offset : offset + length]
+
+
+def _map(fd: int, length: int) -> memoryview:
+    """A writable view of a new shared mapping of ``fd``, unmapped when the last view goes.
+
+    Mapped with libc rather than :class:`mmap.mmap`, which would keep a
+    duplicate of the descriptor open for as long as the array lives (before
+    Python 3.13): a process holding many received arrays would run out of them.
+    """
+    prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
+    address = _libc.mmap(None, length, prot, flags, fd, 0)
+    if address == _MAP_FAILED or address is None:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mmap of a shared buffer failed: {os.strerror(error)}")
+    memory = (ctypes.c_ubyte * length).from_address(address)
+    weakref.finalize(memory, _libc.munmap, address, length)
+    return memoryview(memory).cast("B")
 
 
 def close_all(fds: collections.deque[int]) -> None:
     """Close every descriptor in ``fds``, emptying it."""
     while fds:
         os.close(fds.popleft())
+
+
+class SharedBuffer(mmap.mmap):
+    """Writable memory in a memfd, which mpwire peers share instead of copying.
+
+    Fill it (``memoryview(buf)``, or :func:`shared_array` for a numpy array
+    over one) and send an array over it, or ``pickle.PickleBuffer(buf)``, on
+    a connection that agreed on shared memory: the memory itself travels,
+    with no copy, and both ends then see the same bytes (the receiver gets a
+    SharedBuffer, or an array over one, that it can send on the same way).
+    On other connections the bytes are copied, as for any buffer.
+    """
+
+    _fd: int
+    _address: int
+
+    def __new__(cls, size: int) -> Self:
+        if size < 1:
+            raise ValueError("a SharedBuffer holds at least 1 byte")
+        fd = _new_memfd(size)
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SIZE_SEALS)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls._adopt(fd, size)
+
+    @classmethod
+    def _adopt(cls, fd: int, size: int) -> Self:
+        """A SharedBuffer mapping all of memfd ``fd``, which it owns."""
+        try:
+            self = super().__new__(cls, fd, size, **_MMAP_OPTIONS)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        self._address = ctypes.addressof(ctypes.c_char.from_buffer(self))
+        return self
+
+    def fileno(self) -> int:
+        """The memfd behind the buffer."""
+        return self._fd
+
+    def close(self) -> None:
+        """Unmap the buffer and close its memfd (fails while views of it exist)."""
+        super().close()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self._close_fd()
+
+
+def shared_array(shape: Any, dtype: Any = float) -> Any:
+    """A zeroed numpy array in a new :class:`SharedBuffer` (needs numpy)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    buffer = SharedBuffer(max(1, count * dtype.itemsize))
+    return np.frombuffer(buffer, dtype, count).reshape(shape)
+
+
+def shared_entry(view: memoryview) -> tuple[SharedEntry, int] | None:
+    """Where ``view`` lies, if in a :class:`SharedBuffer`: its entry and the memfd.
+
+    Follows the owners of the buffer (``.obj`` of views, ``.base`` of numpy
+    arrays) down to a SharedBuffer; None for memory that is not in one.
+    """
+    owner = view.obj
+    for _ in range(64):
+        if isinstance(owner, SharedBuffer):
+            break
+        below = owner.obj if isinstance(owner, memoryview) else getattr(owner, "base", None)
+        if below is None:
+            return None
+        owner = below
+    else:
+        return None
+    if view.readonly or owner.closed:
+        return None
+    offset = ctypes.addressof(ctypes.c_char.from_buffer(view)) - owner._address
+    if offset < 0 or offset + view.nbytes > len(owner):
+        return None
+    return SharedEntry(SHARED_KEEP, offset, view.nbytes), owner.fileno()
 
 
 class FdReader:
