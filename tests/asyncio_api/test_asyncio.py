@@ -89,6 +89,25 @@ async def test_asyncio_client_of_a_blocking_listener(address: Any, listener_modu
         await served
 
 
+async def test_large_objects_both_ways_with_a_blocking_peer(address: Any) -> None:
+    import numpy as np
+
+    value = {"array": np.arange(1 << 20, dtype=np.float64), "bytes": b"b" * (3 << 20)}
+    with mpwire.Listener(address, authkey=KEY) as listener:
+
+        def serve_one() -> None:
+            with listener.accept() as conn:
+                conn.send(conn.recv())
+
+        served = asyncio.create_task(asyncio.to_thread(serve_one))
+        async with await mpa.connect(listener.address, authkey=KEY) as conn:
+            await conn.send(value)
+            echoed = await conn.recv()
+        await served
+    np.testing.assert_array_equal(echoed["array"], value["array"])
+    assert echoed["bytes"] == value["bytes"]
+
+
 async def test_wrong_key_fails_both_sides(address: Any) -> None:
     async with mpa.Listener(address, authkey=KEY) as listener:
         client = asyncio.create_task(mpa.connect(listener.address, authkey=b"wrong"))
@@ -275,7 +294,13 @@ def _child_writes(conn: Any) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("make_pipe", [mpwire.Pipe, multiprocessing.Pipe], ids=["mpwire", "stdlib"])
+def _plain_mpwire_pipe(duplex: bool) -> Any:
+    return mpwire.Pipe(duplex, shared_memory=False)
+
+
+@pytest.mark.parametrize(
+    "make_pipe", [_plain_mpwire_pipe, multiprocessing.Pipe], ids=["mpwire", "stdlib"]
+)
 @pytest.mark.parametrize("duplex", [True, False])
 async def test_wrap_a_pipe_shared_with_a_child(make_pipe: Any, duplex: bool) -> None:
     reader, writer = make_pipe(duplex)
@@ -294,8 +319,16 @@ async def test_wrap_a_pipe_shared_with_a_child(make_pipe: Any, duplex: bool) -> 
     assert child.exitcode == 0
 
 
+async def test_wrap_refuses_to_read_an_end_that_agreed_on_shared_memory() -> None:
+    reader, writer = mpwire.Pipe(duplex=False)
+    with reader, writer:
+        with pytest.raises(ValueError, match="shared_memory=False"):
+            await mpa.wrap(reader)
+        assert not reader.closed
+
+
 async def test_wrap_keeps_bytes_read_ahead() -> None:
-    a, b = mpwire.Pipe()
+    a, b = mpwire.Pipe(shared_memory=False)
     a.send("first")
     a.send("second")
     assert b.recv() == "first"  # "second" is now in b's read-ahead

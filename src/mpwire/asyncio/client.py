@@ -139,11 +139,19 @@ async def wrap(
 
     Takes the connection over: ``conn`` is closed, and its fd (with any bytes
     an mpwire Connection had read ahead) now belongs to the result. Sockets
-    and one-way pipes both work, with no thread.
+    and one-way pipes both work, with no thread. A readable end that agreed
+    on shared memory cannot be taken (its peer may send arrays as memfds,
+    which an asyncio transport's reads would drop): make the Pipe with
+    ``shared_memory=False``.
     """
     from ..sync.connection import Connection
 
     readable, writable = conn.readable, conn.writable
+    if readable and getattr(conn, "shared_memory", False):
+        raise ValueError(
+            "the asyncio API cannot receive shared memory, which this connection agreed on: "
+            "make the Pipe with shared_memory=False"
+        )
     pending = conn._decoder.pending_bytes() if isinstance(conn, Connection) else b""
     fd = os.dup(conn.fileno())
     conn.close()

@@ -28,6 +28,10 @@ READ_HIGH_WATER = 1 << 20
 
 READ_LOW_WATER = READ_HIGH_WATER // 4
 
+_JOIN_LIMIT = 64 * 1024
+"""Payloads up to this size are joined to their header; larger ones go as two buffers
+(``writelines``: no copy on Python 3.12 and later, one where it joins them)."""
+
 
 def _bounded(timeout: float | None) -> contextlib.AbstractAsyncContextManager[Any]:
     """asyncio.timeout(timeout), or nothing at all without one (it costs a few µs a call)."""
@@ -325,12 +329,17 @@ class AsyncConnection:
     async def send(self, obj: Any, *, timeout: float | None = None) -> None:
         """Send an object (pickled, or as the connection's ``serializer`` says)."""
         self._check(writing=True)
-        self._write(bytes(self._serializer.dumps(obj)))
+        # A fresh pickle belongs to nobody else: no copy needed to keep it intact.
+        self._write(self._serializer.dumps(obj))
         await self._drain(timeout)
 
-    def _write(self, payload: bytes) -> None:
+    def _write(self, payload: bytes | bytearray | memoryview) -> None:
         # One write per frame, so frames from concurrent tasks never interleave.
-        self._protocol.transport.write(encode_header(len(payload)) + payload)
+        header = encode_header(len(payload))
+        if len(payload) <= _JOIN_LIMIT:
+            self._protocol.transport.write(header + payload)
+        else:
+            self._protocol.transport.writelines((header, payload))
 
     async def _drain(self, timeout: float | None) -> None:
         async with _bounded(timeout):

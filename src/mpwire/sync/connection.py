@@ -415,14 +415,13 @@ class Connection:
         fd = self._write_fd
         if fd is None:
             fd = self._writable_fd()
-        ancillary: list[Any] = []
+        ancillary: Any = ()
         if isinstance(payload, list):
             parts = [encode_header(sum(map(len, payload))), *payload]
             if shared is not None:
                 header, fds = shared
                 parts[0] = header + parts[0]
-                rights = array.array("i", fds)
-                ancillary.append((socket.SOL_SOCKET, socket.SCM_RIGHTS, rights))
+                ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         elif (size := len(payload)) <= _CONCAT_LIMIT:
             data = encode_short_header(size) + payload
             if timeout is None and self._after_first_send is None:
@@ -452,7 +451,7 @@ class Connection:
         parts: list[Any],
         deadline: float | None,
         began: bool,
-        ancillary: list[Any] | None = None,
+        ancillary: Any = (),
     ) -> None:
         """Write every byte of ``parts``, resuming after partial writes.
 
@@ -467,8 +466,8 @@ class Connection:
                 if deadline is not None and not _ready(fd, select.POLLOUT, deadline):
                     raise TimeoutError("send timed out")
                 began = True
-                written = self._write_some(fd, parts, deadline is not None, ancillary or ())
-                ancillary = None
+                written = self._write_some(fd, parts, deadline is not None, ancillary)
+                ancillary = ()
                 while parts and written >= len(parts[0]):
                     written -= len(parts.pop(0))
                 if written:

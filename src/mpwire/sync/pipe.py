@@ -15,12 +15,15 @@ def Pipe(
     *,
     max_message_size: int | None = None,
     serializer: str | Serializer | None = None,
+    shared_memory: bool = True,
 ) -> tuple[Connection, Connection]:
     """Two connected ends: both ways, or one way (reader, writer).
 
     Both kinds are a socketpair (a one-way pair shut down in the other
     direction), so either end can be woken by close() from another thread,
-    and large pickled buffers travel between the ends as shared memory.
+    and large pickled buffers travel between the ends as shared memory
+    (unless ``shared_memory=False``: for an end to be taken over by
+    :func:`mpwire.asyncio.wrap`, which cannot receive it).
     """
     left, right = socket.socketpair()
     left.setblocking(True)
@@ -37,7 +40,7 @@ def Pipe(
             writable,
             max_message_size=max_message_size,
             serializer=options,
-            shared_memory=True,
+            shared_memory=shared_memory,
         )
 
     return end(left, True, duplex), end(right, duplex, True)
