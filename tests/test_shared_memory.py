@@ -156,6 +156,21 @@ def test_buffers_of_every_size(pipe: Any, kind: type, size: int) -> None:
         assert type(got) is kind and got == data
 
 
+@pytest.mark.parametrize("size", [0, 1, BIG, 64 << 20, 512 << 20])
+def test_send_bytes_of_a_memoryview_lands_in_the_callers_buffer(pipe: Any, size: int) -> None:
+    a, b = pipe
+    data = bytearray(size)
+    data[::4096] = b"\x09" * len(data[::4096])
+    target = bytearray(size + 8)
+    thread = threading.Thread(target=a.send_bytes, args=(memoryview(data),))
+    thread.start()
+    try:
+        assert b.recv_bytes_into(target, 8, timeout=60) == size
+    finally:
+        thread.join(60)
+    assert memoryview(target)[8:] == memoryview(data)
+
+
 def test_many_small_and_large_buffers_in_one_object(pipe: Any) -> None:
     a, b = pipe
     value = {
