@@ -215,6 +215,29 @@ def test_max_message_size_counts_the_shared_buffers() -> None:
         assert b.closed
 
 
+def test_a_timed_send_into_a_full_socket_keeps_its_descriptors(pipe: Any) -> None:
+    a, b = pipe
+    filler = b"f" * 100  # small: a timed send that finds no room leaves nothing behind
+    sent = 0
+    while True:  # until the socket takes no more
+        try:
+            a.send_bytes(filler, timeout=0.05)
+        except TimeoutError:
+            break
+        sent += 1
+    value = np.arange(BIG // 8, dtype=np.float64)
+    thread = threading.Thread(target=a.send, args=(value,), kwargs={"timeout": 30})
+    thread.start()
+    try:
+        for _ in range(sent):
+            assert b.recv_bytes(timeout=30) == filler
+        got = b.recv(timeout=30)
+    finally:
+        thread.join(30)
+    np.testing.assert_array_equal(got, value)
+    assert mapped(got)
+
+
 def test_timed_receives_and_sends(pipe: Any) -> None:
     a, b = pipe
     value = np.arange(BIG // 8, dtype=np.float64)

@@ -179,10 +179,6 @@ class PickleSerializer:
     def dumps(self, obj: Any) -> memoryview:
         return dumps(obj)
 
-    def dump_parts(self, obj: Any) -> list[bytes | memoryview]:
-        """The pickle as parts to send with one vectored write (see :func:`dump_parts`)."""
-        return dump_parts(obj)
-
     def loads(self, data: bytes, buffers: Iterable[Any] | None = None) -> Any:
         return loads(data, buffers=buffers)
 

@@ -45,6 +45,7 @@ from ..serialize import (
     PICKLE,
     PickleSerializer,
     Serializer,
+    dump_parts,
     dump_shared,
     get_serializer,
     inline_buffers,
@@ -351,23 +352,26 @@ class Connection:
         are, without a copy into the pickle.
         """
         self._writable_fd()
-        if self._fd_reader is not None and self._streams:
-            self._send_shared(obj, timeout)
-        elif self._streams:
-            parts = self._serializer.dump_parts(obj)  # type: ignore[attr-defined]
-            self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
-        else:
+        if not self._streams:
             self._send_frame(self._serializer.dumps(obj), timeout)
+            return
+        buffers: list[memoryview] = []
+        if self._fd_reader is None:
+            parts = dump_parts(obj)
+        else:
+            parts, buffers = dump_shared(obj, _out_of_band, MAX_SHARED_BUFFERS)
+        if buffers:
+            self._send_with_memfds(parts, buffers, timeout)
+        else:
+            self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
 
-    def _send_shared(self, obj: Any, timeout: float | None) -> None:
-        """send() with large buffers, and those in SharedBuffers, as memfds beside the message.
+    def _send_with_memfds(
+        self, parts: list[Any], buffers: list[memoryview], timeout: float | None
+    ) -> None:
+        """Send the pickle ``parts`` with its out-of-band ``buffers`` as memfds beside it.
 
         A buffer in a SharedBuffer goes as its memfd; another is copied into a new one.
         """
-        parts, buffers = dump_shared(obj, _out_of_band, MAX_SHARED_BUFFERS)
-        if not buffers:
-            self._send_frame(parts, timeout)
-            return
         entries: list[SharedEntry] = []
         fds: list[int] = []
         copies: list[int] = []
@@ -458,15 +462,21 @@ class Connection:
         ``began`` tells whether a write of this frame was attempted already.
         Once one was, any failure may leave the peer with part of the frame
         (an exception can even land just after a write returned), so it
-        closes the connection; a timeout before the first write leaves it
-        usable. ``ancillary`` data goes with the first write.
+        closes the connection; a timeout before the first byte left leaves it
+        usable. ``ancillary`` data goes with the first byte. A timed write to a
+        socket is tried before waiting: a socket nearly always has room.
         """
+        poll = self._sock is None or self._tls
         try:
             while parts:
-                if deadline is not None and not _ready(fd, select.POLLOUT, deadline):
+                if deadline is not None and poll and not _ready(fd, select.POLLOUT, deadline):
                     raise TimeoutError("send timed out")
-                began = True
+                poll = True
+                attempted, began = began, True
                 written = self._write_some(fd, parts, deadline is not None, ancillary)
+                if not written:
+                    began = attempted  # nothing left: no more begun than before
+                    continue
                 ancillary = ()
                 while parts and written >= len(parts[0]):
                     written -= len(parts.pop(0))
