@@ -93,7 +93,25 @@ def test_ping_a_stdlib_listener_with_the_right_key(stdlib_listener: str) -> None
     assert lines[0].startswith(f"connected to {stdlib_listener} in ")
     digest = "md5 (the legacy form" if sys.version_info < (3, 12) else "sha256"
     assert lines[1].startswith("authenticated in ") and f"challenged with {digest}" in lines[1]
-    assert lines[2].startswith("mpwire extensions:")
+    assert lines[2] == "mpwire extensions: none offered (a stdlib listener, or mpwire over TCP)"
+
+
+def test_ping_an_mpwire_listener_reports_its_offer(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    with mpwire.Listener(path, authkey=KEY.encode()) as listener:
+
+        def serve() -> None:
+            with contextlib.suppress(OSError, mpwire.AuthenticationError, EOFError):
+                listener.accept(timeout=30).close()
+
+        server = threading.Thread(target=serve)
+        server.start()
+        result = run_with_key("ping", path, "--authkey-env", "MPWIRE_TEST_KEY")
+        server.join(30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2] == (
+        "mpwire extensions: offered shm (shared memory for large arrays)"
+    )
 
 
 def test_ping_a_stdlib_listener_with_a_wrong_key(stdlib_listener: str, tmp_path: Path) -> None:

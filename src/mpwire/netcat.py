@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .exceptions import AuthenticationError
-from .protocol.handshake import CHALLENGE, Role, split_digest
+from .protocol.handshake import CHALLENGE, Role, offered_extensions, split_digest
 from .serialize import RestrictedPickle
 from .sync.auth import run_handshake
 from .sync.connection import Connection
@@ -101,6 +101,8 @@ class PingReport:
     handshake_seconds: float | None
     digest: str | None
     """The HMAC the listener's challenge asked for, or None if it sent none."""
+    extensions: frozenset[str] = frozenset()
+    """What the listener's challenge offered (mpwire listeners on Unix sockets offer "shm")."""
 
     def lines(self) -> list[str]:
         out = [f"connected to {describe(self.address)} in {self.connect_seconds * 1000:.2f} ms"]
@@ -113,13 +115,28 @@ class PingReport:
             out.append(f"the listener wants an authkey (it challenged with {self.digest})")
         else:
             out.append("the listener asked for no authkey")
-        out.append("mpwire extensions: none offered (this version of mpwire has none)")
+        if self.digest is None:
+            out.append("mpwire extensions: unknown (no challenge, which would carry the offer)")
+        elif self.extensions:
+            offered = ", ".join(_EXTENSION_NAMES.get(e, e) for e in sorted(self.extensions))
+            out.append(f"mpwire extensions: offered {offered}")
+        else:
+            out.append("mpwire extensions: none offered (a stdlib listener, or mpwire over TCP)")
         return out
+
+
+_EXTENSION_NAMES = {"shm": "shm (shared memory for large arrays)"}
 
 
 def _digest_of(challenge: bytes) -> str:
     name = split_digest(challenge[len(CHALLENGE) :])[0]
     return name or "md5 (the legacy form of Python before 3.12)"
+
+
+def _offer_of(challenge: bytes | None) -> frozenset[str]:
+    if challenge is None or not challenge.startswith(CHALLENGE):
+        return frozenset()
+    return offered_extensions(challenge[len(CHALLENGE) :])
 
 
 def ping(address: Any, authkey: bytes | None, timeout: float) -> PingReport:
@@ -135,7 +152,7 @@ def ping(address: Any, authkey: bytes | None, timeout: float) -> PingReport:
             except (TimeoutError, EOFError):
                 challenge = None
             digest = None if challenge is None else _digest_of(challenge)
-            return PingReport(address, connected - started, None, digest)
+            return PingReport(address, connected - started, None, digest, _offer_of(challenge))
         recorder = _Recorder(conn)
         try:
             run_handshake(recorder, authkey, Role.CLIENT, deadline=connected + timeout)
@@ -145,8 +162,9 @@ def ping(address: Any, authkey: bytes | None, timeout: float) -> PingReport:
                 "does the listener use an authkey?"
             ) from None
         handshake = time.monotonic() - connected
-        digest = _digest_of(recorder.received[0])
-        return PingReport(address, connected - started, handshake, digest)
+        challenge = recorder.received[0]
+        offer = _offer_of(challenge)
+        return PingReport(address, connected - started, handshake, _digest_of(challenge), offer)
 
 
 def _show(data: bytes, unsafe_pickle: bool) -> str:
