@@ -79,6 +79,13 @@ def test_pickled_large_buffers_are_sent_from_where_they_are() -> None:
     assert sent["bytes"][0] == 7 and sent["array"][0] == 9.0  # views of the originals
 
 
+def test_parts_are_the_bytes_pickle_writes_for_a_fortran_order_buffer() -> None:
+    from mpwire.serialize import dump_parts
+
+    buffer = pickle.PickleBuffer(np.asfortranarray(np.arange(30_000.0).reshape(300, 100)))
+    assert b"".join(bytes(p) for p in dump_parts(buffer)) == pickle.dumps(buffer, protocol=5)
+
+
 def test_a_pickle_of_more_parts_than_one_vectored_write_takes() -> None:
     chunks = [bytes([i % 251]) * 65_536 for i in range(1_100)]  # 1,100 parts of 64 KiB
     assert exchange(chunks) == chunks

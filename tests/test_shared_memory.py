@@ -189,10 +189,18 @@ def test_many_small_and_large_buffers_in_one_object(pipe: Any) -> None:
 
 
 def test_recv_bytes_gets_the_pickle_with_its_buffers_in_band(pipe: Any) -> None:
+    import tracemalloc
+
     a, b = pipe
     value = [np.arange(BIG // 8, dtype=np.float64), pickle.PickleBuffer(b"r" * BIG), "x"]
     a.send(value)
-    data = b.recv_bytes()
+    tracemalloc.start()
+    try:
+        data = b.recv_bytes()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < len(data) + (1 << 20)  # built in place: one copy of the buffers
     back = pickle.loads(data)  # no buffers= needed
     np.testing.assert_array_equal(back[0], value[0])
     assert bytes(back[1]) == b"r" * BIG and back[2] == "x"
@@ -236,6 +244,29 @@ def test_a_timed_send_into_a_full_socket_keeps_its_descriptors(pipe: Any) -> Non
         thread.join(30)
     np.testing.assert_array_equal(got, value)
     assert mapped(got)
+
+
+def test_a_peer_that_stops_reading_holds_back_shared_memory_too(pipe: Any) -> None:
+    """Memfds take no room in the socket: past a budget, arrays go in band, which blocks."""
+    a, b = pipe
+    value = np.ones((16 << 20) // 8)
+    sent = 0
+    with pytest.raises(TimeoutError):
+        for _ in range(100):
+            a.send(value, timeout=1)
+            sent += 1
+    assert sent == shm.SHARED_IN_FLIGHT // value.nbytes
+    for _ in range(sent):
+        assert mapped(b.recv(timeout=30))
+
+
+def test_a_peer_that_reads_gets_every_array_as_shared_memory(pipe: Any) -> None:
+    a, b = pipe
+    value = np.ones((64 << 20) // 8)
+    for _ in range(3 * shm.SHARED_IN_FLIGHT // value.nbytes):
+        got = exchange(a, b, value)
+        assert mapped(got)
+        del got
 
 
 def test_timed_receives_and_sends(pipe: Any) -> None:
@@ -301,6 +332,38 @@ def test_received_shared_buffers_release_their_descriptors(pipe: Any) -> None:
     assert memfds() == before
 
 
+def test_an_empty_view_of_a_shared_buffer_is_sent_in_band(pipe: Any) -> None:
+    a, b = pipe
+    got = exchange(a, b, mpwire.shared_array(10)[3:3])
+    assert got.shape == (0,)
+
+
+def test_a_received_array_outlives_the_interpreter_in_a_daemon_thread() -> None:
+    """Mappings are not undone at exit, under a thread still reading them (no SIGSEGV)."""
+    script = textwrap.dedent(
+        """
+        import threading, time
+        import numpy as np
+        import mpwire
+        a, b = mpwire.Pipe()
+        sender = threading.Thread(target=a.send, args=(np.ones(1 << 18),))
+        sender.start()
+        received = b.recv()
+        sender.join()
+        started = threading.Event()
+        def read():
+            while True:
+                received.sum()
+                started.set()
+        threading.Thread(target=read, daemon=True).start()
+        started.wait()
+        """
+    )
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", script], timeout=60)
+        assert result.returncode == 0
+
+
 def test_shared_buffer_sizes() -> None:
     with pytest.raises(ValueError, match="at least 1 byte"):
         mpwire.SharedBuffer(0)
@@ -351,6 +414,47 @@ def test_who_agrees(
         np.testing.assert_array_equal(got, value)
         assert mapped(got) == agreed
         np.testing.assert_array_equal(exchange(server, client, value), value)
+
+
+def test_arrays_sent_right_behind_the_handshake_keep_their_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client is done once it has sent its last handshake message, and may send at once.
+
+    The listener, reading late, gets that message and the first arrays in one read: their
+    memfds must reach the new Connection, in order.
+    """
+    from mpwire.sync import listener as listener_module
+
+    receive = listener_module.Listener._receive
+    gate = threading.Event()
+
+    def late(pending: Any, handshake: Any) -> Any:
+        if handshake._handshake.peer_extensions:  # answered the client: its last one is next
+            gate.wait(10)  # let the client's first messages queue behind it
+        return receive(pending, handshake)
+
+    monkeypatch.setattr(listener_module.Listener, "_receive", staticmethod(late))
+    with mpwire.Listener(str(tmp_path / "s"), authkey=AUTHKEY) as listener:
+
+        def client() -> None:
+            with mpwire.Client(listener.address, authkey=AUTHKEY) as conn:
+                conn.send(("first", np.full(BIG // 8, 1.0)))
+                conn.send(("second", np.full(BIG // 8, 2.0)))
+                gate.set()
+                conn.recv(timeout=30)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            with listener.accept(timeout=30) as conn:
+                first, second = conn.recv(timeout=30), conn.recv(timeout=30)
+                conn.send("done")
+        finally:
+            gate.set()
+            thread.join(30)
+    assert first[0] == "first" and (first[1] == 1.0).all() and mapped(first[1])
+    assert second[0] == "second" and (second[1] == 2.0).all() and mapped(second[1])
 
 
 def test_a_connection_passed_to_a_child_keeps_shared_memory(pipe: Any) -> None:

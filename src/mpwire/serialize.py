@@ -82,7 +82,7 @@ class _Parts:
     def write(self, data: Any) -> int:
         if type(data) is not bytes:
             view = memoryview(data)
-            data = (view if view.c_contiguous else memoryview(view.tobytes())).cast("B")
+            data = (view if view.c_contiguous else memoryview(view.tobytes("A"))).cast("B")
         self.parts.append(data)
         return len(data)
 
@@ -127,6 +127,7 @@ def dump_shared(
 _FRAME = pickle.FRAME[0]
 _NEXT_BUFFER = pickle.NEXT_BUFFER[0]
 _READONLY_BUFFER = pickle.READONLY_BUFFER[0]
+_LENGTH8 = struct.Struct("<Q").pack
 
 
 def inline_buffers(head: bytes, buffers: list[Any]) -> bytes:
@@ -136,27 +137,28 @@ def inline_buffers(head: bytes, buffers: list[Any]) -> bytes:
     optional FRAME hints), so ``pickle.loads`` of the result needs no
     ``buffers=``; it is built from the opcodes, without unpickling anything.
     """
-    out = bytearray()
+    pieces: list[Any] = []
     copied = 0
     taken = iter(buffers)
     for _opcode, _arg, pos in pickletools.genops(head):
         assert pos is not None  # always known for bytes
         code = head[pos]
-        if code == _FRAME:
-            out += head[copied:pos]
-            copied = pos + 9
-        elif code == _NEXT_BUFFER:
-            out += head[copied:pos]
-            copied = pos + 1
+        if code in (_FRAME, _NEXT_BUFFER, _READONLY_BUFFER):
+            pieces.append(head[copied:pos])
+            copied = pos + (9 if code == _FRAME else 1)
+        if code == _NEXT_BUFFER:
             data = memoryview(next(taken)).cast("B")
             readonly = head[pos + 1 : pos + 2] == pickle.READONLY_BUFFER
-            out += pickle.BINBYTES8 if readonly else pickle.BYTEARRAY8
-            out += struct.pack("<Q", data.nbytes)
-            out += data
-        elif code == _READONLY_BUFFER:
-            copied = pos + 1
-    out += head[copied:]
-    return bytes(out)
+            pieces += (pickle.BINBYTES8 if readonly else pickle.BYTEARRAY8, _LENGTH8(data.nbytes))
+            pieces.append(data)
+    pieces.append(head[copied:])
+    out = io.BytesIO()
+    out.seek(sum(map(len, pieces)) - 1)
+    out.write(b"\0")  # sized once, so getvalue() hands over the bytes without a copy
+    out.seek(0)
+    for piece in pieces:
+        out.write(piece)
+    return out.getvalue()
 
 
 loads = pickle.loads

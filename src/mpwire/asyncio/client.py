@@ -141,8 +141,8 @@ async def wrap(
     an mpwire Connection had read ahead) now belongs to the result. Sockets
     and one-way pipes both work, with no thread. A readable end that agreed
     on shared memory cannot be taken (its peer may send arrays as memfds,
-    which an asyncio transport's reads would drop): make the Pipe with
-    ``shared_memory=False``.
+    which an asyncio transport's reads would drop): make it with
+    ``shared_memory=False`` (Pipe, Listener or Client).
     """
     from ..sync.connection import Connection
 
@@ -150,7 +150,7 @@ async def wrap(
     if readable and getattr(conn, "shared_memory", False):
         raise ValueError(
             "the asyncio API cannot receive shared memory, which this connection agreed on: "
-            "make the Pipe with shared_memory=False"
+            "make it with shared_memory=False (Pipe, Listener or Client)"
         )
     pending = conn._decoder.pending_bytes() if isinstance(conn, Connection) else b""
     fd = os.dup(conn.fileno())

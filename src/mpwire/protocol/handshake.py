@@ -303,6 +303,11 @@ class FramedHandshake:
         return self._handshake.done
 
     @property
+    def offered(self) -> frozenset[str]:
+        """The extensions our challenge offers."""
+        return self._handshake.extensions
+
+    @property
     def agreed(self) -> frozenset[str]:
         """The extensions both ends offered (see :attr:`Handshake.agreed`)."""
         return self._handshake.agreed

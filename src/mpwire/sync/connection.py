@@ -82,7 +82,12 @@ _Shared = tuple[bytes, list[int]]
 
 def _out_of_band(view: memoryview) -> bool:
     """Whether a pickled buffer goes as shared memory: large, or in a SharedBuffer already."""
-    return view.nbytes >= shm.SHARED_THRESHOLD or shm.shared_entry(view) is not None
+    return view.nbytes >= shm.SHARED_THRESHOLD or _in_shared_buffer(view)
+
+
+def _in_shared_buffer(view: memoryview) -> bool:
+    """Whether a pickled buffer lies in a SharedBuffer (and so goes as one, whatever else)."""
+    return shm.shared_entry(view) is not None
 
 
 def _ready(fd: int, event: int, deadline: float) -> bool:
@@ -196,6 +201,7 @@ class Connection:
         self._after_first_send: Callable[[], None] | None = None
         # Set once both ends agreed on shared memory: receives keep the fds sent.
         self._fd_reader: shm.FdReader | None = None
+        self._send_budget: shm.SendBudget | None = None
 
     def _use_shared_memory(self) -> None:
         """Send and receive large pickled buffers as memfds (both ends agreed to).
@@ -208,6 +214,7 @@ class Connection:
         if not shm.available():
             return
         self._fd_reader = shm.FdReader(sock)
+        self._send_budget = shm.SendBudget(sock.fileno())
         self._readinto = None
         self._decoder.accept_shared = True
 
@@ -360,6 +367,10 @@ class Connection:
             parts = dump_parts(obj)
         else:
             parts, buffers = dump_shared(obj, _out_of_band, MAX_SHARED_BUFFERS)
+            copied = sum(b.nbytes for b in buffers if shm.shared_entry(b) is None)
+            assert self._send_budget is not None
+            if copied and not self._send_budget.admit(copied):
+                parts, buffers = dump_shared(obj, _in_shared_buffer, MAX_SHARED_BUFFERS)
         if buffers:
             self._send_with_memfds(parts, buffers, timeout)
         else:

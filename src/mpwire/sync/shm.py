@@ -25,6 +25,7 @@ import mmap
 import os
 import socket
 import sys
+import termios
 import weakref
 from typing import Any, Self
 
@@ -33,8 +34,10 @@ from ..protocol.frames import MAX_SHARED_BUFFERS, SHARED_KEEP, SharedEntry
 
 __all__ = [
     "EXTENSION",
+    "SHARED_IN_FLIGHT",
     "SHARED_THRESHOLD",
     "FdReader",
+    "SendBudget",
     "SharedBuffer",
     "available",
     "close_all",
@@ -47,6 +50,9 @@ __all__ = [
 
 SHARED_THRESHOLD = 1 << 20
 """Pickled buffers this large or larger go through shared memory."""
+
+SHARED_IN_FLIGHT = 256 << 20
+"""Bytes copied into memfds that a sender lets wait unread by the peer (see SendBudget)."""
 
 _SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
 _MAX_WRITE = 0x7FFFF000
@@ -161,7 +167,8 @@ def _map(fd: int, length: int) -> memoryview:
         error = ctypes.get_errno()
         raise OSError(error, f"mmap of a shared buffer failed: {os.strerror(error)}")
     memory = (ctypes.c_ubyte * length).from_address(address)
-    weakref.finalize(memory, _libc.munmap, address, length)
+    # Not at exit: a thread may still be reading the array while the interpreter ends.
+    weakref.finalize(memory, _libc.munmap, address, length).atexit = False
     return memoryview(memory).cast("B")
 
 
@@ -182,7 +189,7 @@ class SharedBuffer(mmap.mmap):
     On other connections the bytes are copied, as for any buffer.
     """
 
-    _fd: int
+    _fd = -1
     _address: int
 
     def __new__(cls, size: int) -> Self:
@@ -242,6 +249,8 @@ def shared_entry(view: memoryview) -> tuple[SharedEntry, int] | None:
     Follows the owners of the buffer (``.obj`` of views, ``.base`` of numpy
     arrays) down to a SharedBuffer; None for memory that is not in one.
     """
+    if not view.nbytes:
+        return None
     owner = view.obj
     for _ in range(64):
         if isinstance(owner, SharedBuffer):
@@ -258,6 +267,39 @@ def shared_entry(view: memoryview) -> tuple[SharedEntry, int] | None:
     if offset < 0 or offset + view.nbytes > len(owner):
         return None
     return SharedEntry(SHARED_KEEP, offset, view.nbytes), owner.fileno()
+
+
+class SendBudget:
+    """Keeps a sender from piling up shared memory that its peer does not read.
+
+    A memfd passed on a socket counts for the size of the message that
+    carries it, not for its own, so a peer that stops reading would not
+    hold a sender back: it could queue gigabytes of memfds. Once more than
+    :data:`SHARED_IN_FLIGHT` bytes were copied for messages the peer may not
+    have read yet, and the socket still holds unread bytes, :meth:`admit`
+    says no: the next buffers go in band, where the stream holds the sender
+    back as usual.
+    """
+
+    __slots__ = ("_fd", "in_flight")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self.in_flight = 0
+
+    def admit(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more may go as copies into memfds now (and count them)."""
+        if self.in_flight and self.in_flight + nbytes > SHARED_IN_FLIGHT:
+            if _unread(self._fd):
+                return False
+            self.in_flight = 0
+        self.in_flight += nbytes
+        return True
+
+
+def _unread(fd: int) -> int:
+    """Bytes sent on socket ``fd`` that the peer has not read yet (SIOCOUTQ)."""
+    return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
 
 
 class FdReader:
