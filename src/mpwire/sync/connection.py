@@ -362,33 +362,37 @@ class Connection:
         if not self._streams:
             self._send_frame(self._serializer.dumps(obj), timeout)
             return
-        buffers: list[memoryview] = []
         if self._fd_reader is None:
             parts = dump_parts(obj)
         else:
             parts, buffers = dump_shared(obj, _out_of_band, MAX_SHARED_BUFFERS)
-            copied = sum(b.nbytes for b in buffers if shm.shared_entry(b) is None)
+            located = [(buffer, shm.shared_entry(buffer)) for buffer in buffers]
+            copied = sum(buffer.nbytes for buffer, found in located if found is None)
             assert self._send_budget is not None
             if copied and not self._send_budget.admit(copied):
                 parts, buffers = dump_shared(obj, _in_shared_buffer, MAX_SHARED_BUFFERS)
-        if buffers:
-            self._send_with_memfds(parts, buffers, timeout)
-        else:
-            self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
+                located = [(buffer, shm.shared_entry(buffer)) for buffer in buffers]
+            if located:
+                self._send_with_memfds(parts, located, timeout)
+                return
+        self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
 
     def _send_with_memfds(
-        self, parts: list[Any], buffers: list[memoryview], timeout: float | None
+        self,
+        parts: list[Any],
+        located: list[tuple[memoryview, tuple[SharedEntry, int] | None]],
+        timeout: float | None,
     ) -> None:
-        """Send the pickle ``parts`` with its out-of-band ``buffers`` as memfds beside it.
+        """Send the pickle ``parts`` with its out-of-band buffers as memfds beside it.
 
-        A buffer in a SharedBuffer goes as its memfd; another is copied into a new one.
+        ``located``: each buffer, and where it lies if in a SharedBuffer (its
+        memfd goes as it is); another is copied into a new memfd.
         """
         entries: list[SharedEntry] = []
         fds: list[int] = []
         copies: list[int] = []
         try:
-            for buffer in buffers:
-                found = shm.shared_entry(buffer)
+            for buffer, found in located:
                 if found is None:
                     copies.append(shm.memfd_of(buffer))
                     found = SharedEntry(0, 0, buffer.nbytes), copies[-1]
