@@ -478,15 +478,15 @@ class Connection:
         Once one was, any failure may leave the peer with part of the frame
         (an exception can even land just after a write returned), so it
         closes the connection; a timeout before the first byte left leaves it
-        usable. ``ancillary`` data goes with the first byte. A timed write to a
-        socket is tried before waiting: a socket nearly always has room.
+        usable. ``ancillary`` data goes with the first byte. A timed write
+        first waits until the kernel reports room (for a Unix socket, three
+        quarters of its buffer free), so a frame rarely starts where it cannot
+        finish.
         """
-        poll = self._sock is None or self._tls
         try:
             while parts:
-                if deadline is not None and poll and not _ready(fd, select.POLLOUT, deadline):
+                if deadline is not None and not _ready(fd, select.POLLOUT, deadline):
                     raise TimeoutError("send timed out")
-                poll = True
                 attempted, began = began, True
                 written = self._write_some(fd, parts, deadline is not None, ancillary)
                 if not written:
