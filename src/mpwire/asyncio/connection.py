@@ -29,8 +29,9 @@ READ_HIGH_WATER = 1 << 20
 READ_LOW_WATER = READ_HIGH_WATER // 4
 
 _JOIN_LIMIT = 64 * 1024
-"""Payloads up to this size are joined to their header; larger ones go as two buffers
-(``writelines``: no copy on Python 3.12 and later, one where it joins them)."""
+"""Payloads up to this size are joined to their header; larger ones are written after it,
+uncopied (``writelines`` would do it in one call, but before Python 3.13.1 or so it skips
+the transport's flow control, so a sender would never wait for its reader)."""
 
 
 def _bounded(timeout: float | None) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -334,12 +335,15 @@ class AsyncConnection:
         await self._drain(timeout)
 
     def _write(self, payload: bytes | bytearray | memoryview) -> None:
-        # One write per frame, so frames from concurrent tasks never interleave.
+        # A frame's writes follow each other with no await between them, so
+        # frames from concurrent tasks never interleave.
         header = encode_header(len(payload))
+        transport = self._protocol.transport
         if len(payload) <= _JOIN_LIMIT:
-            self._protocol.transport.write(header + payload)
+            transport.write(header + payload)
         else:
-            self._protocol.transport.writelines((header, payload))
+            transport.write(header)
+            transport.write(payload)
 
     async def _drain(self, timeout: float | None) -> None:
         async with _bounded(timeout):
