@@ -185,8 +185,10 @@ class FrameDecoder:
             return received
         if self._start or self._grow or self._end == len(self._buf):
             self._make_room()
-        received = _counted(readinto(self._view[self._end :]))
-        self._end += received
+        end = self._end
+        read = readinto(self._view[end:] if end else self._view)
+        received = _counted(read) if read is None else read
+        self._end = end + received
         self._grow = self._end == len(self._buf) and self._end < self._read_ahead
         return received
 
