@@ -21,6 +21,7 @@ import array
 import collections
 import ctypes
 import fcntl
+import functools
 import mmap
 import os
 import socket
@@ -61,18 +62,25 @@ _FD_SPACE = socket.CMSG_SPACE(MAX_SHARED_BUFFERS * array.array("i").itemsize)
 _MMAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 """mmap keeps a duplicate of the file descriptor unless told not to (3.13 and later)."""
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_int,
-    ctypes.c_long,
-]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    """libc's mmap and munmap, set up on first use (not at import)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    return libc
+
 
 _CTRUNC = int(socket.MSG_CTRUNC)
 """A plain int: flags & an IntFlag member goes through the enum machinery (about 1 µs)."""
@@ -162,13 +170,14 @@ def _map(fd: int, length: int) -> memoryview:
     Python 3.13): a process holding many received arrays would run out of them.
     """
     prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED
-    address = _libc.mmap(None, length, prot, flags, fd, 0)
+    libc = _libc()
+    address = libc.mmap(None, length, prot, flags, fd, 0)
     if address == _MAP_FAILED or address is None:
         error = ctypes.get_errno()
         raise OSError(error, f"mmap of a shared buffer failed: {os.strerror(error)}")
     memory = (ctypes.c_ubyte * length).from_address(address)
     # Not at exit: a thread may still be reading the array while the interpreter ends.
-    weakref.finalize(memory, _libc.munmap, address, length).atexit = False
+    weakref.finalize(memory, libc.munmap, address, length).atexit = False
     return memoryview(memory).cast("B")
 
 
