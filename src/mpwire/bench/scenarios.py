@@ -133,6 +133,35 @@ def _both(name: str, quick_name: str | None = None, **kwargs: Any) -> list[Scena
     ]
 
 
+def _bulk(
+    name: str,
+    kind: str,
+    description: str,
+    huge: bool = False,
+    transport: str = "unix",
+    **kwargs: Any,
+) -> Scenario:
+    """A one-payload-at-a-time scenario (64 MiB, or 256 MiB if ``huge``), timed on the receiver.
+
+    Arrays need numpy, and a pyzmq baseline needs zmq.
+    """
+    numpy = kind == "bulk-numpy"
+    requires = ("numpy",) * numpy + ("zmq",) * (kwargs.get("baseline") == "pyzmq")
+    return Scenario(
+        name,
+        kind=kind,
+        transport=transport,
+        description=description,
+        params=_HUGE if huge else _BULK,
+        quick_params=_HUGE_QUICK if huge else _BULK_QUICK,
+        quick_name=name.replace("256MiB", "16MiB") if huge else None,
+        measured_by="server",
+        metrics=_ARRAY_METRICS if numpy else _BULK_METRICS,
+        requires=requires,
+        **kwargs,
+    )
+
+
 SCENARIOS: list[Scenario] = [
     *_both(
         "pingpong-64B-bytes",
@@ -179,41 +208,23 @@ SCENARIOS: list[Scenario] = [
         )
         for name, size, count in _SIZES
     ),
-    Scenario(
+    _bulk(
         "bytes-64MiB/unix",
-        kind="bulk-bytes",
-        transport="unix",
-        description="one 64 MiB send_bytes/recv_bytes at a time; receiver's peak RSS growth",
-        params=_BULK,
-        quick_params=_BULK_QUICK,
-        measured_by="server",
-        metrics=_BULK_METRICS,
+        "bulk-bytes",
+        "one 64 MiB send_bytes/recv_bytes at a time; receiver's peak RSS growth",
     ),
-    Scenario(
+    _bulk(
         "numpy-64MiB/unix",
-        kind="bulk-numpy",
-        transport="unix",
-        description="a 64 MiB float64 array with send/recv; receiver's peak RSS growth",
-        params=_BULK,
-        quick_params=_BULK_QUICK,
-        measured_by="server",
-        metrics=_ARRAY_METRICS,
-        requires=("numpy",),
+        "bulk-numpy",
+        "a 64 MiB float64 array with send/recv; receiver's peak RSS growth",
     ),
     *(
-        Scenario(
+        _bulk(
             f"numpy-256MiB/{transport}",
-            quick_name=f"numpy-16MiB/{transport}",
-            kind="bulk-numpy",
+            "bulk-numpy",
+            f"a 256 MiB float64 array with send/recv over {how}; receiver's peak RSS growth",
+            huge=True,
             transport=transport,
-            description=(
-                f"a 256 MiB float64 array with send/recv over {how}; receiver's peak RSS growth"
-            ),
-            params=_HUGE,
-            quick_params=_HUGE_QUICK,
-            measured_by="server",
-            metrics=_ARRAY_METRICS,
-            requires=("numpy",),
         )
         for transport, how in (
             ("pipe", "Pipe() ends (shared memory for mpwire)"),
@@ -284,36 +295,21 @@ SCENARIOS: list[Scenario] = [
         baseline="pyzmq",
         requires=("zmq",),
     ),
-    Scenario(
+    _bulk(
         "bytes-64MiB-vs-pyzmq/unix",
-        kind="bulk-bytes",
-        transport="unix",
-        description="one 64 MiB send_bytes/recv_bytes at a time, mpwire against pyzmq",
-        params=_BULK,
-        quick_params=_BULK_QUICK,
-        measured_by="server",
-        metrics=_BULK_METRICS,
+        "bulk-bytes",
+        "one 64 MiB send_bytes/recv_bytes at a time, mpwire against pyzmq",
         baseline="pyzmq",
-        requires=("zmq",),
     ),
     *(
-        Scenario(
+        _bulk(
             f"numpy-{size}-vs-pyzmq/unix",
-            quick_name=quick_name,
-            kind="bulk-numpy",
-            transport="unix",
-            description=f"a {size} float64 array, mpwire send/recv against pyzmq's zero-copy",
-            params=params,
-            quick_params=quick_params,
-            measured_by="server",
-            metrics=_ARRAY_METRICS,
+            "bulk-numpy",
+            f"a {size} float64 array, mpwire send/recv against pyzmq's zero-copy",
+            huge=size == "256MiB",
             baseline="pyzmq",
-            requires=("numpy", "zmq"),
         )
-        for size, quick_name, params, quick_params in (
-            ("64MiB", None, _BULK, _BULK_QUICK),
-            ("256MiB", "numpy-16MiB-vs-pyzmq/unix", _HUGE, _HUGE_QUICK),
-        )
+        for size in ("64MiB", "256MiB")
     ),
 ]
 """Every scenario, in the order they run."""
