@@ -73,6 +73,49 @@ def test_partial_reads_into_the_leased_buffer(messages: list[bytes], sizes: list
 
 
 @settings(max_examples=200)
+@given(
+    payloads,
+    st.lists(st.integers(min_value=1, max_value=70), min_size=1),
+    st.sampled_from([16, 4096]),
+)
+def test_next_payload_reads_as_the_receive_fast_path_does(
+    messages: list[bytes], sizes: list[int], read_ahead: int
+) -> None:
+    """next_payload(readinto) first, next_frame() and fill() when it gives None."""
+    data = memoryview(encode(messages))
+    reads = itertools.cycle(sizes)
+
+    def readinto(buf: memoryview) -> int:
+        nonlocal data
+        n = min(len(buf), len(data), next(reads))
+        buf[:n] = data[:n]
+        data = data[n:]
+        return n
+
+    decoder = FrameDecoder(read_ahead=read_ahead)
+    received: list[bytes] = []
+    while len(received) < len(messages):
+        payload = decoder.next_payload(readinto)
+        if payload is None:
+            payload = decoder.next_frame()
+        if payload is None:
+            decoder.fill(readinto)
+        else:
+            received.append(payload)
+    assert received == messages
+    assert not decoder.pending
+
+
+@pytest.mark.parametrize("limit", [0, 63])
+def test_next_payload_leaves_a_frame_over_the_limit_to_next_frame(limit: int) -> None:
+    decoder = FrameDecoder(max_size=limit)
+    decoder.feed(encode([b"x" * 64]))
+    assert decoder.next_payload() is None
+    with pytest.raises(MessageTooLong):
+        decoder.next_frame()
+
+
+@settings(max_examples=200)
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=220), st.sampled_from([8, 512]))
 def test_next_frame_into_fills_the_target_or_returns_the_message(
     message: bytes, room: int, read_ahead: int

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 _SHORT = struct.Struct("!i")
+_unpack_short = _SHORT.unpack_from
 _LONG = struct.Struct("!Q")
 _LONG_MARK = _SHORT.pack(-1)
 _SHARED = -2
@@ -123,6 +124,23 @@ class FrameDecoder:
     the caller takes (and resets to None) with the frame.
     """
 
+    __slots__ = (
+        "_buf",
+        "_end",
+        "_got",
+        "_grow",
+        "_into",
+        "_lease",
+        "_read_ahead",
+        "_sink",
+        "_size",
+        "_start",
+        "_view",
+        "accept_shared",
+        "max_size",
+        "shared",
+    )
+
     def __init__(
         self, max_size: int | None = None, *, read_ahead: int = READ_AHEAD, initial: bytes = b""
     ) -> None:
@@ -183,13 +201,18 @@ class FrameDecoder:
                 lease.release()
             self._got += received
             return received
-        if self._start or self._grow or self._end == len(self._buf):
-            self._make_room()
         end = self._end
-        read = readinto(self._view[end:] if end else self._view)
+        if end or self._grow:
+            self._make_room()
+            end = self._end
+            read = readinto(self._view[end:])
+        else:
+            read = readinto(self._view)
         received = _counted(read) if read is None else read
-        self._end = end + received
-        self._grow = self._end == len(self._buf) and self._end < self._read_ahead
+        end += received
+        self._end = end
+        if end == len(self._buf) and end < self._read_ahead:
+            self._grow = True  # reads fill the buffer: the next one grows it
         return received
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
@@ -226,6 +249,29 @@ class FrameDecoder:
             self._view.release()
             self._buf.extend(bytes(len(self._buf)))
             self._view = memoryview(self._buf)
+
+    def next_payload(self, readinto: ReadInto | None = None) -> bytes | None:
+        """The next payload if the read-ahead holds it whole in a plain frame, else None.
+
+        The common case of :meth:`next_frame`, kept short because every small
+        message takes it; None only means that next_frame() must decide. With
+        ``readinto``, an empty read-ahead is first filled (one call).
+        """
+        if readinto is not None and not self._end and not self._size and self.shared is None:
+            self.fill(readinto)
+        start = self._start
+        end = self._end
+        if end - start < 4 or self._size or self.shared is not None:
+            return None
+        size: int = _unpack_short(self._buf, start)[0]
+        stop = start + 4 + size
+        if size < 0 or stop > end or (self.max_size is not None and size > self.max_size):
+            return None
+        if stop == end:
+            self._start = self._end = 0
+        else:
+            self._start = stop
+        return self._view[start + 4 : stop].tobytes()
 
     @overload
     def next_frame(self, maxlength: int | None = None) -> bytes | None: ...

@@ -531,7 +531,11 @@ class Connection:
         ``timeout`` (seconds), raises TimeoutError if no whole message came in
         time; what arrived of it stays buffered for the next call.
         """
-        if maxlength is not None and maxlength < 0:
+        if maxlength is None and timeout is None:
+            payload = self._next_payload()
+            if payload is not None:
+                return payload
+        elif maxlength is not None and maxlength < 0:
             self._readable_fd()
             raise ValueError("negative maxlength")
         return self._receive(maxlength, None, False, timeout)  # type: ignore[no-any-return]
@@ -543,6 +547,10 @@ class Connection:
         large buffers inside it are received straight into the objects they
         become.
         """
+        if timeout is None:
+            payload = self._next_payload()
+            if payload is not None:
+                return self._serializer.loads(payload)
         return self._receive(None, None, True, timeout)
 
     def recv_bytes_into(
@@ -582,6 +590,37 @@ class Connection:
             if self._closing is not None:
                 self._finish_close()
 
+    def _next_payload(self) -> bytes | None:
+        """The next message if it is a plain frame here or in the next read, else None.
+
+        The common case of receiving (no limit, no timeout), kept short: at
+        most one read, and None leaves the rest to _receive().
+        """
+        try:
+            with self._recv_lock:
+                readinto = self._readinto
+                if readinto is None:  # closed, or never read from yet
+                    return None
+                try:
+                    return self._decoder.next_payload(readinto)
+                except BaseException as exc:
+                    self._receive_failed(exc)
+                    raise
+        finally:
+            if self._closing is not None:
+                self._finish_close()
+
+    def _receive_failed(self, exc: BaseException) -> None:
+        """Close after a receive failed, unless it is known to have taken nothing.
+
+        Nothing is taken on a non-blocking fd's EAGAIN or the peer's clean
+        end. A bad frame, or an exception (a signal handler's, say) that may
+        have landed between a read and the decoder's note of it, leaves the
+        stream out of step.
+        """
+        if not isinstance(exc, (BlockingIOError, EOFError)):
+            self.close()
+
     def _take(
         self, maxlength: int | None, into: memoryview | None, load: bool, timeout: float | None
     ) -> Any:
@@ -603,13 +642,8 @@ class Connection:
                     if not decoder.fill(readinto):
                         raise decoder.eof_error()
                     frame = decoder.next_frame(maxlength, into, stream)
-        except (BlockingIOError, EOFError):
-            raise  # nothing taken: a non-blocking fd, or the peer's clean end
-        except BaseException:
-            # A bad frame, or an exception (a signal handler's, say) that
-            # may have landed between a read and the decoder's note of it:
-            # the stream is not known to be in step any more.
-            self.close()
+        except BaseException as exc:
+            self._receive_failed(exc)
             raise
         finally:
             if into is not None:
