@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpwire.exceptions import FrameError, MessageTooLong
-from mpwire.protocol.frames import LARGEST_SHORT, FrameDecoder, encode_header
+from mpwire.protocol.frames import (
+    DESCRIPTORS_FOLLOW,
+    LARGEST_SHORT,
+    FrameDecoder,
+    encode_header,
+)
 
 # Hypothesis re-runs a failing example while shrinking it, so a hang would outlast a
 # signal-based timeout; the thread method ends the run instead.
@@ -172,6 +177,25 @@ def test_limits_refuse_a_forged_length_before_any_payload(size: int) -> None:
     decoder.feed(encode_header(size))
     with pytest.raises(MessageTooLong, match="limit is 256"):
         decoder.next_frame(maxlength=256)
+
+
+def test_the_descriptors_mark_is_told_before_the_next_frame() -> None:
+    told: list[int] = []
+    decoder = FrameDecoder()
+    decoder.accept_shared = True
+    decoder.on_descriptors = lambda: told.append(len(decoder.pending_bytes()))
+    decoder.feed(DESCRIPTORS_FOLLOW + encode([b"after"]) + DESCRIPTORS_FOLLOW)
+    assert decoder.next_frame() == b"after"
+    assert told == [13]  # before the frame was taken
+    assert decoder.next_frame() is None
+    assert told == [13, 0] and not decoder.pending
+
+
+def test_the_descriptors_mark_is_a_frame_error_unless_shared_memory_was_agreed() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(DESCRIPTORS_FOLLOW)
+    with pytest.raises(FrameError, match="negative length -3"):
+        decoder.next_frame()
 
 
 def test_negative_length_is_a_frame_error() -> None:

@@ -24,6 +24,7 @@ import pytest
 import mpwire
 from mpwire.exceptions import FrameError
 from mpwire.protocol.frames import (
+    DESCRIPTORS_FOLLOW,
     MAX_SHARED_BUFFERS,
     SHARED_KEEP,
     SharedEntry,
@@ -95,10 +96,21 @@ def mapped_memfds() -> int:
         return sum("/memfd:mpwire" in line for line in maps)
 
 
+def primed(a: mpwire.Connection, b: mpwire.Connection) -> None:
+    """Let each end's first shared message through, so later sends pass memfds at once.
+
+    The first waits until the peer has read the mark that descriptors follow.
+    """
+    for sender, receiver in ((a, b), (b, a)):
+        assert mapped(exchange(sender, receiver, mpwire.shared_array((8,), dtype=np.uint8)))
+        assert sender._peer_reads_fds and receiver._reading_fds
+
+
 @pytest.fixture
 def pipe() -> Iterator[tuple[mpwire.Connection, mpwire.Connection]]:
     a, b = mpwire.Pipe()
     with a, b:
+        primed(a, b)
         yield a, b
 
 
@@ -217,6 +229,7 @@ def test_recv_bytes_gets_the_pickle_with_its_buffers_in_band(pipe: Any) -> None:
 def test_max_message_size_counts_the_shared_buffers() -> None:
     a, b = mpwire.Pipe(max_message_size=BIG)
     with a, b:
+        primed(a, b)
         a.send(np.zeros(BIG // 8 + 1))
         with pytest.raises(mpwire.MessageTooLong):
             b.recv()
@@ -267,6 +280,36 @@ def test_a_peer_that_reads_gets_every_array_as_shared_memory(pipe: Any) -> None:
         got = exchange(a, b, value)
         assert mapped(got)
         del got
+
+
+def test_reads_keep_descriptors_only_from_the_mark_on() -> None:
+    """Plain messages are read with read(); recvmsg only once memfds may follow."""
+    a, b = mpwire.Pipe()
+    with a, b:
+        for _ in range(3):
+            a.send_bytes(b"ping")
+            assert b.recv_bytes() == b"ping"
+            b.send({"small": 1})
+            assert a.recv() == {"small": 1}
+        assert not (a._reading_fds or b._reading_fds or a._peer_reads_fds or b._peer_reads_fds)
+        assert mapped(exchange(a, b, np.ones(BIG // 8)))
+        assert b._reading_fds and a._peer_reads_fds
+        assert not (a._reading_fds or b._peer_reads_fds)  # the other way is still plain
+        b.send_bytes(b"pong")
+        assert a.recv_bytes() == b"pong"
+
+
+def test_the_first_shared_message_waits_until_the_peer_reads() -> None:
+    """Descriptors go only once the peer has read the mark: until then a send waits."""
+    a, b = mpwire.Pipe()
+    with a, b:
+        a.send_bytes(b"before")
+        with pytest.raises(TimeoutError):
+            a.send(np.ones(BIG // 8), timeout=0.2)
+        assert not a.closed  # the mark left, nothing of the message
+        assert b.recv_bytes() == b"before"
+        got = exchange(a, b, np.arange(BIG // 8, dtype=np.float64))
+        assert mapped(got) and got[-1] == BIG // 8 - 1
 
 
 def test_timed_receives_and_sends(pipe: Any) -> None:
@@ -421,27 +464,32 @@ def test_arrays_sent_right_behind_the_handshake_keep_their_descriptors(
 ) -> None:
     """The client is done once it has sent its last handshake message, and may send at once.
 
-    The listener, reading late, gets that message and the first arrays in one read: their
-    memfds must reach the new Connection, in order.
+    The listener, reading late, gets that message and the client's mark that descriptors
+    follow in one read: the new Connection must decode the mark and keep the memfds.
     """
     from mpwire.sync import listener as listener_module
 
     receive = listener_module.Listener._receive
+    unread = shm.unread
     gate = threading.Event()
 
     def late(pending: Any, handshake: Any) -> Any:
         if handshake._handshake.peer_extensions:  # answered the client: its last one is next
-            gate.wait(10)  # let the client's first messages queue behind it
+            gate.wait(10)  # let the client's mark queue behind it
         return receive(pending, handshake)
 
+    def mark_sent(fd: int) -> int:  # the client asks whether its mark was read
+        gate.set()
+        return unread(fd)
+
     monkeypatch.setattr(listener_module.Listener, "_receive", staticmethod(late))
+    monkeypatch.setattr(shm, "unread", mark_sent)
     with mpwire.Listener(str(tmp_path / "s"), authkey=AUTHKEY) as listener:
 
         def client() -> None:
             with mpwire.Client(listener.address, authkey=AUTHKEY) as conn:
                 conn.send(("first", np.full(BIG // 8, 1.0)))
                 conn.send(("second", np.full(BIG // 8, 2.0)))
-                gate.set()
                 conn.recv(timeout=30)
 
         thread = threading.Thread(target=client)
@@ -564,6 +612,8 @@ def raw_peer() -> Iterator[tuple[socket.socket, mpwire.Connection]]:
     conn = mpwire.Connection(right.detach())
     conn._use_shared_memory()
     with left, conn:
+        left.sendall(DESCRIPTORS_FOLLOW + encode_header(0))
+        assert conn.recv_bytes(timeout=10) == b""
         yield left, conn
 
 
@@ -622,6 +672,26 @@ def test_bad_shared_messages_close_the_connection(
         conn.recv(timeout=10)
     assert conn.closed
     assert memfds() <= before
+
+
+def test_descriptors_before_the_mark_are_closed_and_refused() -> None:
+    """A peer that skips the mark: the plain read drops (closes) what it sent."""
+    left, right = socket.socketpair()
+    with left, mpwire.Connection(right.detach(), shared_memory=True) as conn:
+        before = memfds()
+        send_with_fds(left, shared_message([SharedEntry(0, 0, 4096)]), [a_memfd(4096)])
+        with pytest.raises(FrameError, match="without its file descriptors"):
+            conn.recv(timeout=10)
+        assert conn.closed
+        assert memfds() <= before
+
+
+def test_a_mark_on_a_plain_connection_is_a_corrupt_frame() -> None:
+    left, right = socket.socketpair()
+    with left, mpwire.Connection(right.detach()) as conn:
+        left.sendall(DESCRIPTORS_FOLLOW + encode_header(0))
+        with pytest.raises(FrameError, match="negative length -3"):
+            conn.recv_bytes(timeout=10)
 
 
 def test_descriptors_without_messages_are_refused(raw_peer: Any) -> None:

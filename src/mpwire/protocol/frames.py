@@ -11,6 +11,9 @@ buffers as an unsigned 32-bit number, and for each buffer a flags byte
 then its offset and length in its file as unsigned 64-bit numbers. The frame
 that follows is a pickle that takes those buffers out of band, in order;
 they travel as file descriptors beside the bytes (see :mod:`mpwire.sync.shm`).
+Before its first such message, a sender puts the mark
+:data:`DESCRIPTORS_FOLLOW` (the length -3) in the stream, so that the
+receiver reads with ``recvmsg`` (which keeps descriptors) only from there on.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Literal, NamedTuple, overload
 from ..exceptions import FrameError, MessageTooLong
 
 __all__ = [
+    "DESCRIPTORS_FOLLOW",
     "LARGEST_SHORT",
     "SHARED_KEEP",
     "FrameDecoder",
@@ -41,8 +45,12 @@ _unpack_short = _SHORT.unpack_from
 _LONG = struct.Struct("!Q")
 _LONG_MARK = _SHORT.pack(-1)
 _SHARED = -2
+_DESCRIPTORS = -3
 _COUNT = struct.Struct("!I")
 _ENTRY = "BQQ"
+
+DESCRIPTORS_FOLLOW = _SHORT.pack(_DESCRIPTORS)
+"""The mark after which file descriptors may come with the bytes (agreed peers only)."""
 
 SHARED_KEEP = 1
 """A shared buffer's flag: the receiver keeps the file, shared with the sender."""
@@ -121,7 +129,9 @@ class FrameDecoder:
 
     With ``accept_shared`` set, a shared-memory header is taken too: the
     next frame then comes with :attr:`shared`, its buffers' entries, which
-    the caller takes (and resets to None) with the frame.
+    the caller takes (and resets to None) with the frame. So is the mark
+    :data:`DESCRIPTORS_FOLLOW`, which calls :attr:`on_descriptors` as it is
+    decoded (before any later byte is read).
     """
 
     __slots__ = (
@@ -138,6 +148,7 @@ class FrameDecoder:
         "_view",
         "accept_shared",
         "max_size",
+        "on_descriptors",
         "shared",
     )
 
@@ -162,6 +173,7 @@ class FrameDecoder:
         self._lease: memoryview | None = None
         self.accept_shared = False
         self.shared: list[SharedEntry] | None = None
+        self.on_descriptors: Callable[[], None] | None = None
         self.feed(initial)
 
     @property
@@ -318,8 +330,11 @@ class FrameDecoder:
         size: int = _SHORT.unpack_from(self._buf, start)[0]
         begin = start + 4
         if size < 0:
-            if size == _SHARED and self.accept_shared and self.shared is None:
-                return self._take_shared_header(maxlength, into, stream)
+            if self.accept_shared and self.shared is None:
+                if size == _SHARED:
+                    return self._take_shared_header(maxlength, into, stream)
+                if size == _DESCRIPTORS:
+                    return self._take_descriptors_mark(maxlength, into, stream)
             if size != -1:
                 raise FrameError(f"corrupt frame header: negative length {size}")
             if avail < 12:
@@ -367,6 +382,17 @@ class FrameDecoder:
         fields = entries.unpack_from(self._buf, start + 8)
         self.shared = [SharedEntry(*fields[i : i + 3]) for i in range(0, len(fields), 3)]
         self._start = end
+        return self.next_frame(maxlength, into, stream)
+
+    def _take_descriptors_mark(
+        self, maxlength: int | None, into: memoryview | None, stream: bool
+    ) -> int | bytes | LargeFrame | None:
+        """Take the mark DESCRIPTORS_FOLLOW, tell on_descriptors, then decode on."""
+        self._start += 4
+        if self._start == self._end:
+            self._start = self._end = 0
+        if self.on_descriptors is not None:
+            self.on_descriptors()
         return self.next_frame(maxlength, into, stream)
 
     def _begin_large(self, begin: int, size: int, target: memoryview | None) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Self, SupportsIndex
 from ..buffers import message_view, target_view
 from ..exceptions import BufferTooShort, FrameError, MessageTooLong
 from ..protocol.frames import (
+    DESCRIPTORS_FOLLOW,
     MAX_SHARED_BUFFERS,
     FrameDecoder,
     LargeFrame,
@@ -187,7 +188,6 @@ class Connection:
         self._polling = 0  # poll() calls waiting on the fd, which close() must wake too
         self._sock = sock
         self._tls = isinstance(sock, TLSSocket)
-        self._send_flags = _NOSIGNAL
         self._handle = fd
         self._readable = readable
         self._writable = writable
@@ -196,11 +196,18 @@ class Connection:
         # Pickles can be unpickled as they arrive; other formats need the whole message.
         self._streams = isinstance(self._serializer, PickleSerializer)
         self._readinto: ReadInto | None = None
-        # The fd while open and writable, so one test guards the send path.
+        # The fd while open and writable, so one test guards the send path;
+        # and the socket object while open, writable, plain (not TLS) and with
+        # no first-send hook, which takes small frames the shortest way.
         self._write_fd = fd if writable else None
+        self._plain_sock = sock if writable and type(sock) is socket.socket else None
         self._after_first_send: Callable[[], None] | None = None
-        # Set once both ends agreed on shared memory: receives keep the fds sent.
+        # Set once both ends agreed on shared memory. Receives keep the fds
+        # sent once the peer's DESCRIPTORS_FOLLOW mark is decoded; sends pass
+        # memfds once the peer has read the mark sent (None: not sent yet).
         self._fd_reader: shm.FdReader | None = None
+        self._reading_fds = False
+        self._peer_reads_fds: bool | None = None
         self._send_budget: shm.SendBudget | None = None
 
     def _use_shared_memory(self) -> None:
@@ -215,8 +222,14 @@ class Connection:
             return
         self._fd_reader = shm.FdReader(sock)
         self._send_budget = shm.SendBudget(sock.fileno())
-        self._readinto = None
         self._decoder.accept_shared = True
+        self._decoder.on_descriptors = self._read_fds
+
+    def _read_fds(self) -> None:
+        """Receive with recvmsg from now on: the peer may send descriptors."""
+        self._reading_fds = True
+        if self._readinto is not None:
+            self._readinto = self._fd_reader
 
     @property
     def shared_memory(self) -> bool:
@@ -276,7 +289,7 @@ class Connection:
         handle = self._handle
         if handle is None:
             return
-        self._handle = self._readinto = self._write_fd = None
+        self._handle = self._readinto = self._write_fd = self._plain_sock = None
         self._closing = handle
         busy = self._polling or self._recv_lock.locked() or self._send_lock.locked()
         if self._sock is not None and busy:
@@ -315,7 +328,7 @@ class Connection:
     def _reader(self) -> ReadInto:
         """The receive path's readinto, made on first use of an open, readable fd."""
         fd = self._readable_fd()
-        if self._fd_reader is not None:
+        if self._fd_reader is not None and self._reading_fds:
             self._readinto = self._fd_reader
         elif self._tls:
             assert self._sock is not None
@@ -347,7 +360,10 @@ class Connection:
         message left, and closed if part of it did.
         """
         if type(buf) is bytes and not offset and size is None:
-            self._send_frame(buf, timeout)
+            if timeout is None and len(buf) <= _CONCAT_LIMIT and self._plain_sock is not None:
+                self._send_small(encode_short_header(len(buf)) + buf)
+            else:
+                self._send_frame(buf, timeout)
             return
         self._writable_fd()
         self._send_frame(message_view(buf, offset, size), timeout)
@@ -403,6 +419,38 @@ class Connection:
             for fd in copies:
                 os.close(fd)
 
+    def _call_after_first_send(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` once the next frame has left (the Listener's Nagle switch)."""
+        self._after_first_send = hook
+        self._plain_sock = None
+
+    def _send_small(self, frame: bytes) -> None:
+        """Send a small frame, header and payload joined, with no timeout: the common case.
+
+        The caller saw a plain socket; the shortest path, so kept short.
+        """
+        try:
+            with self._send_lock:
+                sock = self._plain_sock
+                if sock is None:  # closed since the caller looked
+                    raise OSError("handle is closed")
+                self._write_joined(self._handle, sock, frame)  # type: ignore[arg-type]
+        finally:
+            if self._closing is not None:
+                self._finish_close()
+
+    def _write_joined(self, fd: int, sock: socket.socket | TLSSocket | None, frame: bytes) -> None:
+        """Write a joined frame with no timeout: one call, which a blocking fd finishes."""
+        try:
+            written = sock.send(frame, _NOSIGNAL) if sock else os.write(fd, frame)
+        except BlockingIOError:
+            raise  # a non-blocking fd that had no room: nothing left
+        except BaseException:
+            self.close()  # part of the frame may have left
+            raise
+        if written != len(frame):
+            self._transmit(fd, [memoryview(frame)[written:]], None, True)
+
     def _send_frame(
         self, payload: _Payload, timeout: float | None, shared: _Shared | None = None
     ) -> None:
@@ -435,34 +483,51 @@ class Connection:
         if fd is None:
             fd = self._writable_fd()
         ancillary: Any = ()
+        deadline = None if timeout is None else time.monotonic() + timeout
         if isinstance(payload, list):
             parts = [encode_header(sum(map(len, payload))), *payload]
             if shared is not None:
+                if not self._peer_reads_fds:
+                    self._announce_fds(fd, deadline)
                 header, fds = shared
                 parts[0] = header + parts[0]
                 ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
         elif (size := len(payload)) <= _CONCAT_LIMIT:
             data = encode_short_header(size) + payload
             if timeout is None and self._after_first_send is None:
-                sock = self._sock
-                try:
-                    written = sock.send(data, self._send_flags) if sock else os.write(fd, data)
-                except BlockingIOError:
-                    raise  # a non-blocking fd that had no room: nothing left
-                except BaseException:
-                    self.close()  # part of the frame may have left
-                    raise
-                if written != len(data):
-                    self._transmit(fd, [memoryview(data)[written:]], None, True)
+                self._write_joined(fd, self._sock, data)
                 return
             parts = [data]
         else:
             parts = [encode_header(size), payload]
-        deadline = None if timeout is None else time.monotonic() + timeout
         self._transmit(fd, parts, deadline, False, ancillary)
         if self._after_first_send is not None:
             hook, self._after_first_send = self._after_first_send, None
             hook()
+            if self._write_fd is not None and type(self._sock) is socket.socket:
+                self._plain_sock = self._sock
+
+    def _announce_fds(self, fd: int, deadline: float | None) -> None:
+        """Mark that descriptors follow, and wait until the peer has read the mark.
+
+        A peer reads with recvmsg (which keeps descriptors) only once it has
+        decoded the mark, and it decodes what it read before reading more, so
+        a socket the peer has read empty is safe for descriptors. The kernel
+        has no event for that, so this looks at growing intervals (20 µs to
+        10 ms); it happens once per connection.
+        """
+        if self._peer_reads_fds is None:
+            self._transmit(fd, [DESCRIPTORS_FOLLOW], deadline, False)
+            self._peer_reads_fds = False
+        pause = 20e-6
+        while shm.unread(fd):
+            if self._handle is None:
+                raise OSError("handle is closed")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("send timed out")
+            time.sleep(pause if deadline is None else min(pause, deadline - time.monotonic()))
+            pause = min(2 * pause, 0.01)
+        self._peer_reads_fds = True
 
     def _transmit(
         self,
@@ -639,6 +704,7 @@ class Connection:
                         and not _ready(self._fd(), select.POLLIN, deadline)
                     ):
                         break  # what arrived of the message stays buffered
+                    readinto = self._readinto or readinto  # (a mark may switch it)
                     if not decoder.fill(readinto):
                         raise decoder.eof_error()
                     frame = decoder.next_frame(maxlength, into, stream)
@@ -658,7 +724,7 @@ class Connection:
         if not load:
             return frame
         if isinstance(frame, LargeFrame):
-            return self._load_streamed(frame, readinto, buffers)
+            return self._load_streamed(frame, self._readinto or readinto, buffers)
         if buffers is not None:
             return self._serializer.loads(frame, buffers)  # type: ignore[arg-type,call-arg]
         return self._serializer.loads(frame)  # type: ignore[arg-type]  # bytes: no `into`
@@ -752,7 +818,8 @@ def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
         raise ValueError("cannot pass a connection on while file descriptors wait in it")
     df = reduction.DupFd(conn.fileno())
     serializer = None if conn._serializer is PICKLE else conn._serializer
-    state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer, conn.shared_memory)
+    shared = (conn._reading_fds, conn._peer_reads_fds) if conn.shared_memory else None
+    state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer, shared)
     return rebuild_connection, (df, conn.readable, conn.writable, *state)
 
 
@@ -763,17 +830,22 @@ def rebuild_connection(
     pending: bytes = b"",
     max_message_size: int | None = None,
     serializer: Serializer | None = None,
-    shared_memory: bool = False,
+    shared_memory: tuple[bool, bool | None] | None = None,
 ) -> Connection:
-    """Unpickle a Connection made by reduce_connection()."""
+    """Unpickle a Connection made by reduce_connection().
+
+    ``shared_memory``: None, or whether this end and its peer read descriptors yet.
+    """
     conn = Connection(
         df.detach(),
         readable,
         writable,
         max_message_size=max_message_size,
         serializer=serializer,
-        shared_memory=shared_memory,
+        shared_memory=shared_memory is not None,
     )
+    if shared_memory is not None and conn.shared_memory:
+        conn._reading_fds, conn._peer_reads_fds = shared_memory
     conn._decoder.feed(pending)
     return conn
 

@@ -9,7 +9,6 @@ seconds is dropped.
 
 from __future__ import annotations
 
-import collections
 import errno
 import math
 import select
@@ -76,13 +75,13 @@ def _restore_nagle_after_first_send(conn: Connection) -> None:
     Once the first message after the handshake has left, Nagle lets streams of
     small messages share packets again (as with the stdlib).
     """
-    conn._after_first_send = partial(set_nodelay, conn.fileno(), False)
+    conn._call_after_first_send(partial(set_nodelay, conn.fileno(), False))
 
 
 class _Pending:
     """An accepted client on its way in: TLS first (if any), then the authkey handshake."""
 
-    __slots__ = ("deadline", "fd_reader", "handshake", "peer", "sock", "tls")
+    __slots__ = ("deadline", "handshake", "peer", "sock", "tls")
 
     def __init__(
         self,
@@ -97,9 +96,6 @@ class _Pending:
         self.deadline = end
         self.tls = isinstance(sock, TLSSocket)
         """Whether its TLS handshake is still under way."""
-        self.fd_reader: shm.FdReader | None = None
-        """Reads the handshake when it offers shared memory: the client may send
-        its first arrays (memfds) right behind its last handshake message."""
 
 
 class Listener:
@@ -214,24 +210,17 @@ class Listener:
         sock: socket.socket | TLSSocket,
         leftover: bytes = b"",
         agreed: frozenset[str] = frozenset(),
-        fds: collections.deque[int] | None = None,
     ) -> Connection:
         """The Connection for an accepted client, with what came behind its handshake.
 
-        ``fds``: descriptors that came with those bytes, for the Connection if
-        it agreed on shared memory (else a peer had no business sending them).
+        Handshakes are read with plain reads: a client passes descriptors only
+        once the Connection has read its mark that they follow.
         """
         conn = Connection.from_socket(
             sock, max_message_size=self._max_message_size, serializer=self._serializer
         )
         if shm.EXTENSION in agreed or (self._authkey is None and self._shared_memory):
             conn._use_shared_memory()
-        if fds:
-            if conn._fd_reader is not None:
-                conn._fd_reader.fds.extend(fds)
-                fds.clear()
-            else:
-                shm.close_all(fds)
         conn._decoder.feed(leftover)
         return conn
 
@@ -307,8 +296,6 @@ class Listener:
                 )
             end = math.inf if limit is None else time.monotonic() + limit
             pending = _Pending(channel, peer, handshake, end)
-            if handshake is not None and shm.EXTENSION in handshake.offered:
-                pending.fd_reader = shm.FdReader(sock)
             self._pending[channel.fileno()] = pending
             if not pending.tls:
                 self._send_or_drop(pending)
@@ -343,8 +330,7 @@ class Listener:
         if handshake is None:
             conn = self._connection(pending.sock)
         else:
-            fds = None if pending.fd_reader is None else pending.fd_reader.fds
-            conn = self._connection(pending.sock, handshake.leftover(), handshake.agreed, fds)
+            conn = self._connection(pending.sock, handshake.leftover(), handshake.agreed)
         if tcp and handshake is not None:
             _restore_nagle_after_first_send(conn)
         return conn
@@ -372,7 +358,7 @@ class Listener:
     def _receive(pending: _Pending, handshake: FramedHandshake) -> int | None:
         """Read what the client sent (all TLS holds too); 0 at its end, None if nothing yet."""
         sock = pending.sock
-        readinto = pending.fd_reader or sock.recv_into
+        readinto = sock.recv_into
         total = 0
         try:
             while True:
@@ -411,8 +397,6 @@ class Listener:
     def _drop(self, pending: _Pending) -> None:
         self._pending.pop(pending.sock.fileno(), None)
         pending.sock.close()
-        if pending.fd_reader is not None:
-            shm.close_all(pending.fd_reader.fds)
 
     def close(self) -> None:
         """Close the socket (and any unfinished handshakes); remove a Unix socket's file."""

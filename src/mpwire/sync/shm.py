@@ -47,6 +47,7 @@ __all__ = [
     "offer",
     "shared_array",
     "shared_entry",
+    "unread",
 ]
 
 SHARED_THRESHOLD = 1 << 20
@@ -299,14 +300,14 @@ class SendBudget:
     def admit(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more may go as copies into memfds now (and count them)."""
         if self.in_flight and self.in_flight + nbytes > SHARED_IN_FLIGHT:
-            if _unread(self._fd):
+            if unread(self._fd):
                 return False
             self.in_flight = 0
         self.in_flight += nbytes
         return True
 
 
-def _unread(fd: int) -> int:
+def unread(fd: int) -> int:
     """Bytes sent on socket ``fd`` that the peer has not read yet (SIOCOUTQ)."""
     return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
 
@@ -316,8 +317,9 @@ class FdReader:
 
     A plain ``read()`` would take the bytes and let the kernel close the
     descriptors that came with them, so a connection that agreed on shared
-    memory receives everything with ``recvmsg``. Descriptors wait in
-    :attr:`fds` until the message they belong to is decoded.
+    memory receives with ``recvmsg`` once the peer marks that descriptors
+    may follow. Descriptors wait in :attr:`fds` until the message they
+    belong to is decoded.
     """
 
     __slots__ = ("_sock", "fds")
