@@ -61,7 +61,7 @@ MAX_SHARED_BUFFERS = 64
 LARGEST_SHORT = 0x7FFFFFFF
 """The largest payload announced by a plain 4-byte header."""
 
-READ_AHEAD = 64 * 1024
+READ_AHEAD = 256 * 1024
 """Frames up to this size (header included) are read ahead, many per read."""
 
 INITIAL_READ_AHEAD = 4096

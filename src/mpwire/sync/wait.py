@@ -18,10 +18,14 @@ def wait(object_list: Iterable[Any], timeout: float | None = None) -> list[Any]:
     Objects are mpwire or stdlib Connections, sockets, objects with fileno(),
     raw fds and ``Process.sentinel`` values. ``timeout`` None waits forever; a
     negative one means zero. An mpwire Connection holding read-ahead data is
-    ready even when its fd is not.
+    ready even when its fd is not, and one this thread batches sends on
+    writes them first (see Connection.batch()).
     """
     object_list = list(object_list)
-    buffered = [obj for obj in object_list if isinstance(obj, Connection) and obj._has_buffered()]
+    connections = [obj for obj in object_list if isinstance(obj, Connection)]
+    for conn in connections:
+        conn._flush_own_batch()
+    buffered = [conn for conn in connections if conn._has_buffered()]
     if buffered:
         timeout = 0
     with selectors.PollSelector() as selector:
