@@ -269,7 +269,7 @@ def test_memory_stays_bounded_by_what_was_received(data: bytes, opts: Options) -
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    assert peak <= 2 * GROWTH_STEP + 8 * len(data) + 65_536, (peak, len(data))
+    assert peak <= 2 * GROWTH_STEP + 8 * len(data) + READ_AHEAD, (peak, len(data))
 
 
 def test_a_zero_read_ahead_does_not_spin_forever() -> None:

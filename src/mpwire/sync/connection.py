@@ -56,7 +56,7 @@ from .tls import TLSSocket
 
 __all__ = ["Batch", "Connection", "rebuild_connection", "reduce_connection"]
 
-_CONCAT_LIMIT = 8192
+_CONCAT_LIMIT = 16384
 """Payloads up to this size are joined to their header; larger ones use writev()."""
 
 _NOSIGNAL = int(socket.MSG_NOSIGNAL)
