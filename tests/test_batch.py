@@ -137,6 +137,34 @@ def test_wait_sends_what_this_thread_queued_first(pair: Any) -> None:
     thread.join(10)
 
 
+def test_a_receive_in_the_block_sends_first_while_another_thread_receives(pair: Any) -> None:
+    """The batch leaves before this receive waits for the receiver blocked in another thread."""
+    a, b = pair
+    got: list[bytes] = []
+    other = threading.Thread(target=lambda: got.append(a.recv_bytes(timeout=30)))
+    other.start()
+    thread = echo(b, 2)
+    with a.batch():
+        a.send_bytes(b"one")
+        a.send_bytes(b"two")
+        mine = a.recv_bytes(timeout=10)
+    other.join(30)
+    thread.join(10)
+    assert sorted([mine, *got]) == [b"one", b"two"]
+
+
+def test_frames_of_a_batch_closed_under_it_are_reported(pair: Any) -> None:
+    a, b = pair
+    with pytest.raises(OSError, match="did not leave"), a.batch():
+        a.send_bytes(b"queued")
+        closer = threading.Thread(target=a.close)
+        closer.start()
+        closer.join(10)
+    assert a.closed
+    with pytest.raises(EOFError):
+        b.recv_bytes(timeout=10)
+
+
 def test_other_senders_wait_for_the_block(pair: Any) -> None:
     a, b = pair
     other = threading.Thread(target=a.send_bytes, args=(b"other",))

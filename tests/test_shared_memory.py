@@ -96,21 +96,10 @@ def mapped_memfds() -> int:
         return sum("/memfd:mpwire" in line for line in maps)
 
 
-def primed(a: mpwire.Connection, b: mpwire.Connection) -> None:
-    """Let each end's first shared message through, so later sends pass memfds at once.
-
-    The first waits until the peer has read the mark that descriptors follow.
-    """
-    for sender, receiver in ((a, b), (b, a)):
-        assert mapped(exchange(sender, receiver, mpwire.shared_array((8,), dtype=np.uint8)))
-        assert sender._peer_reads_fds and receiver._reading_fds
-
-
 @pytest.fixture
 def pipe() -> Iterator[tuple[mpwire.Connection, mpwire.Connection]]:
     a, b = mpwire.Pipe()
     with a, b:
-        primed(a, b)
         yield a, b
 
 
@@ -229,7 +218,6 @@ def test_recv_bytes_gets_the_pickle_with_its_buffers_in_band(pipe: Any) -> None:
 def test_max_message_size_counts_the_shared_buffers() -> None:
     a, b = mpwire.Pipe(max_message_size=BIG)
     with a, b:
-        primed(a, b)
         a.send(np.zeros(BIG // 8 + 1))
         with pytest.raises(mpwire.MessageTooLong):
             b.recv()
@@ -291,25 +279,41 @@ def test_reads_keep_descriptors_only_from_the_mark_on() -> None:
             assert b.recv_bytes() == b"ping"
             b.send({"small": 1})
             assert a.recv() == {"small": 1}
-        assert not (a._reading_fds or b._reading_fds or a._peer_reads_fds or b._peer_reads_fds)
+        assert not (a._reading_fds or b._reading_fds or a._marked or b._marked)
         assert mapped(exchange(a, b, np.ones(BIG // 8)))
-        assert b._reading_fds and a._peer_reads_fds
-        assert not (a._reading_fds or b._peer_reads_fds)  # the other way is still plain
+        assert b._reading_fds and a._marked
+        assert not (a._reading_fds or b._marked)  # the other way is still plain
         b.send_bytes(b"pong")
         assert a.recv_bytes() == b"pong"
 
 
-def test_the_first_shared_message_waits_until_the_peer_reads() -> None:
-    """Descriptors go only once the peer has read the mark: until then a send waits."""
+def test_the_mark_and_the_first_arrays_go_back_to_back() -> None:
+    """Nothing waits for the peer: one thread sends small and shared messages, then reads."""
     a, b = mpwire.Pipe()
     with a, b:
-        a.send_bytes(b"before")
-        with pytest.raises(TimeoutError):
-            a.send(np.ones(BIG // 8), timeout=0.2)
-        assert not a.closed  # the mark left, nothing of the message
-        assert b.recv_bytes() == b"before"
-        got = exchange(a, b, np.arange(BIG // 8, dtype=np.float64))
-        assert mapped(got) and got[-1] == BIG // 8 - 1
+        small = mpwire.shared_array((8,), dtype=np.uint8)
+        for _ in range(3):
+            a.send_bytes(b"before")
+            a.send(small)
+            a.send(np.arange(BIG // 8, dtype=np.float64))
+        for _ in range(3):
+            assert b.recv_bytes() == b"before"
+            assert mapped(b.recv())
+            got = b.recv()
+            assert mapped(got) and got[-1] == BIG // 8 - 1
+
+
+def test_a_mark_read_with_recvmsg_closes_its_descriptor(raw_peer: Any) -> None:
+    peer, conn = raw_peer  # conn reads with recvmsg already
+    before = memfds()
+    send_with_fds(peer, DESCRIPTORS_FOLLOW, [a_memfd(0)])
+    peer.sendall(encode_header(2) + b"ok")
+    assert conn.recv_bytes(timeout=10) == b"ok"
+    assert memfds() == before and not conn._fd_reader.fds
+    peer.sendall(DESCRIPTORS_FOLLOW)  # without its descriptor
+    with pytest.raises(FrameError, match="without its descriptor"):
+        conn.recv_bytes(timeout=10)
+    assert conn.closed
 
 
 def test_timed_receives_and_sends(pipe: Any) -> None:
@@ -465,31 +469,27 @@ def test_arrays_sent_right_behind_the_handshake_keep_their_descriptors(
     """The client is done once it has sent its last handshake message, and may send at once.
 
     The listener, reading late, gets that message and the client's mark that descriptors
-    follow in one read: the new Connection must decode the mark and keep the memfds.
+    follow in one read (which stops there): the new Connection must decode the mark and
+    keep the memfds of the arrays queued behind it.
     """
     from mpwire.sync import listener as listener_module
 
     receive = listener_module.Listener._receive
-    unread = shm.unread
     gate = threading.Event()
 
     def late(pending: Any, handshake: Any) -> Any:
         if handshake._handshake.peer_extensions:  # answered the client: its last one is next
-            gate.wait(10)  # let the client's mark queue behind it
+            gate.wait(10)  # let the client's first messages queue behind it
         return receive(pending, handshake)
 
-    def mark_sent(fd: int) -> int:  # the client asks whether its mark was read
-        gate.set()
-        return unread(fd)
-
     monkeypatch.setattr(listener_module.Listener, "_receive", staticmethod(late))
-    monkeypatch.setattr(shm, "unread", mark_sent)
     with mpwire.Listener(str(tmp_path / "s"), authkey=AUTHKEY) as listener:
 
         def client() -> None:
             with mpwire.Client(listener.address, authkey=AUTHKEY) as conn:
                 conn.send(("first", np.full(BIG // 8, 1.0)))
                 conn.send(("second", np.full(BIG // 8, 2.0)))
+                gate.set()
                 conn.recv(timeout=30)
 
         thread = threading.Thread(target=client)

@@ -269,11 +269,15 @@ class FrameDecoder:
         message takes it; None only means that next_frame() must decide. With
         ``readinto``, an empty read-ahead is first filled (one call).
         """
-        if readinto is not None and not self._end and not self._size and self.shared is None:
-            self.fill(readinto)
+        if self._size or self.shared is not None:
+            return None
         start = self._start
         end = self._end
-        if end - start < 4 or self._size or self.shared is not None:
+        if not end:  # empty (then start is 0 too)
+            if readinto is None:
+                return None
+            end = self.fill(readinto)
+        if end - start < 4:
             return None
         size: int = _unpack_short(self._buf, start)[0]
         stop = start + 4 + size

@@ -216,10 +216,10 @@ class Connection:
         self._plain_sock = self._plain_socket()
         # Set once both ends agreed on shared memory. Receives keep the fds
         # sent once the peer's DESCRIPTORS_FOLLOW mark is decoded; sends pass
-        # memfds once the peer has read the mark sent (None: not sent yet).
+        # memfds once this end has sent its own mark.
         self._fd_reader: shm.FdReader | None = None
         self._reading_fds = False
-        self._peer_reads_fds: bool | None = None
+        self._marked = False
         self._send_budget: shm.SendBudget | None = None
 
     def _use_shared_memory(self) -> None:
@@ -238,10 +238,21 @@ class Connection:
         self._decoder.on_descriptors = self._read_fds
 
     def _read_fds(self) -> None:
-        """Receive with recvmsg from now on: the peer may send descriptors."""
-        self._reading_fds = True
-        if self._readinto is not None:
-            self._readinto = self._fd_reader
+        """The peer's mark: receive with recvmsg from now on, it may send descriptors.
+
+        The mark brings a descriptor of its own. A plain read let the kernel
+        close it; if this end read it with recvmsg already, it is the first
+        one waiting, and is closed here.
+        """
+        assert self._fd_reader is not None
+        if not self._reading_fds:
+            self._reading_fds = True
+            if self._readinto is not None:
+                self._readinto = self._fd_reader
+        elif self._fd_reader.fds:
+            os.close(self._fd_reader.fds.popleft())
+        else:
+            raise FrameError("a descriptors mark came without its descriptor")
 
     @property
     def shared_memory(self) -> bool:
@@ -539,8 +550,8 @@ class Connection:
         deadline = None if timeout is None else time.monotonic() + timeout
         parts = _frame(payload)
         if shared is not None:
-            if not self._peer_reads_fds:
-                self._announce_fds(fd, deadline)
+            if not self._marked:
+                self._mark_fds(fd, deadline)
             header, fds = shared
             parts[0] = header + parts[0]
             ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
@@ -553,27 +564,24 @@ class Connection:
             hook()
             self._plain_sock = self._plain_socket()
 
-    def _announce_fds(self, fd: int, deadline: float | None) -> None:
-        """Mark that descriptors follow, and wait until the peer has read the mark.
+    def _mark_fds(self, fd: int, deadline: float | None) -> None:
+        """Tell the peer that descriptors follow, before the first ones (once).
 
-        A peer reads with recvmsg (which keeps descriptors) only once it has
-        decoded the mark, and it decodes what it read before reading more, so
-        a socket the peer has read empty is safe for descriptors. The kernel
-        has no event for that, so this looks at growing intervals (20 µs to
-        10 ms); it happens once per connection.
+        The peer reads with recvmsg (which keeps descriptors) only once it
+        has decoded the mark. The mark's last byte goes alone, with a
+        descriptor (an empty memfd): a read stops after bytes that bring
+        descriptors, and one byte cannot be cut in two, so the peer's read
+        that ends the mark takes nothing after it, and the peer decodes the
+        mark before its next read, a recvmsg. So nothing waits for the peer.
         """
-        if self._peer_reads_fds is None:
-            self._transmit(fd, [DESCRIPTORS_FOLLOW], deadline, False)
-            self._peer_reads_fds = False
-        pause = 20e-6
-        while shm.unread(fd):
-            if self._handle is None:
-                raise OSError("handle is closed")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError("send timed out")
-            time.sleep(pause if deadline is None else min(pause, deadline - time.monotonic()))
-            pause = min(2 * pause, 0.01)
-        self._peer_reads_fds = True
+        token = shm.memfd_of(memoryview(b""))
+        try:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [token]))]
+            self._transmit(fd, [DESCRIPTORS_FOLLOW[:-1]], deadline, False)
+            self._transmit(fd, [DESCRIPTORS_FOLLOW[-1:]], deadline, True, rights)
+        finally:
+            os.close(token)
+        self._marked = True
 
     def _transmit(
         self,
@@ -684,8 +692,11 @@ class Connection:
     ) -> Any:
         """Take the next message: as bytes, into ``into``, or (``load``) unpickled.
 
-        One receiver at a time; a malformed or oversized frame closes.
+        One receiver at a time; a malformed or oversized frame closes. A
+        batch this thread holds on the connection is written first (another
+        receiver may hold the lock, waiting for the answer to it).
         """
+        self._flush_own_batch()
         lock = self._recv_lock
         try:
             if timeout is None:
@@ -707,11 +718,13 @@ class Connection:
         The common case of receiving (no limit, no timeout), kept short: at
         most one read, and None leaves the rest to _receive().
         """
+        if self._batch is not None:
+            return None  # frames to send first, maybe
         try:
             with self._recv_lock:
                 readinto = self._readinto
-                if readinto is None or self._batch is not None:
-                    return None  # closed, never read from yet, or frames to send first
+                if readinto is None:
+                    return None  # closed, or never read from yet
                 try:
                     return self._decoder.next_payload(readinto)
                 except BaseException as exc:
@@ -736,7 +749,6 @@ class Connection:
         self, maxlength: int | None, into: memoryview | None, load: bool, timeout: float | None
     ) -> Any:
         """Read and decode the next message (the receive lock held)."""
-        self._flush_own_batch()
         readinto = self._readinto or self._reader()
         decoder = self._decoder
         stream = load and timeout is None and self._streams
@@ -905,6 +917,8 @@ class Batch:
         try:
             if conn._write_fd is not None:
                 self.flush()
+            elif self._parts and exc_type is None:
+                raise OSError("handle is closed: the batch's last frames did not leave")
         finally:
             self.owner = conn._batch = None
             conn._plain_sock = conn._plain_socket()
@@ -949,7 +963,7 @@ def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
         raise ValueError("cannot pass a connection on while file descriptors wait in it")
     df = reduction.DupFd(conn.fileno())
     serializer = None if conn._serializer is PICKLE else conn._serializer
-    shared = (conn._reading_fds, conn._peer_reads_fds) if conn.shared_memory else None
+    shared = (conn._reading_fds, conn._marked) if conn.shared_memory else None
     state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer, shared)
     return rebuild_connection, (df, conn.readable, conn.writable, *state)
 
@@ -961,11 +975,12 @@ def rebuild_connection(
     pending: bytes = b"",
     max_message_size: int | None = None,
     serializer: Serializer | None = None,
-    shared_memory: tuple[bool, bool | None] | None = None,
+    shared_memory: tuple[bool, bool] | None = None,
 ) -> Connection:
     """Unpickle a Connection made by reduce_connection().
 
-    ``shared_memory``: None, or whether this end and its peer read descriptors yet.
+    ``shared_memory``: None, or whether this end reads descriptors yet and
+    whether it sent its mark that descriptors follow.
     """
     conn = Connection(
         df.detach(),
@@ -976,7 +991,7 @@ def rebuild_connection(
         shared_memory=shared_memory is not None,
     )
     if shared_memory is not None and conn.shared_memory:
-        conn._reading_fds, conn._peer_reads_fds = shared_memory
+        conn._reading_fds, conn._marked = shared_memory
     conn._decoder.feed(pending)
     return conn
 
