@@ -270,6 +270,24 @@ def test_a_peer_that_reads_gets_every_array_as_shared_memory(pipe: Any) -> None:
         del got
 
 
+def test_a_dropped_end_is_freed_at_once() -> None:
+    """No reference cycle: an end dropped without close() closes its fd at once."""
+    import gc
+    import weakref
+
+    a, b = mpwire.Pipe()
+    assert a.shared_memory
+    gone = weakref.ref(a)
+    gc.disable()
+    try:
+        del a
+        assert gone() is None
+    finally:
+        gc.enable()
+    with pytest.raises(EOFError):
+        b.recv_bytes(timeout=10)
+
+
 def test_reads_keep_descriptors_only_from_the_mark_on() -> None:
     """Plain messages are read with read(); recvmsg only once memfds may follow."""
     a, b = mpwire.Pipe()

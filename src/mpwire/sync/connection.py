@@ -23,6 +23,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from multiprocessing import reduction
 from types import TracebackType
@@ -235,7 +236,11 @@ class Connection:
         self._fd_reader = shm.FdReader(sock)
         self._send_budget = shm.SendBudget(sock.fileno())
         self._decoder.accept_shared = True
-        self._decoder.on_descriptors = self._read_fds
+        # Through a weak reference: the decoder must not keep its Connection
+        # alive (a cycle would leave the fd open until the garbage collector
+        # runs, and let it close the socket object first).
+        connection = weakref.ref(self)
+        self._decoder.on_descriptors = lambda: connection()._read_fds()  # type: ignore[union-attr]
 
     def _read_fds(self) -> None:
         """The peer's mark: receive with recvmsg from now on, it may send descriptors.
