@@ -269,7 +269,9 @@ def test_memory_stays_bounded_by_what_was_received(data: bytes, opts: Options) -
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    assert peak <= 2 * GROWTH_STEP + 8 * len(data) + READ_AHEAD, (peak, len(data))
+    # Besides: the read-ahead buffer, doubled while frames up to READ_AHEAD fill it
+    # (the old and the new buffer both live while it grows).
+    assert peak <= 2 * GROWTH_STEP + 8 * len(data) + 4 * READ_AHEAD, (peak, len(data))
 
 
 def test_a_zero_read_ahead_does_not_spin_forever() -> None:
