@@ -213,8 +213,9 @@ class Listener:
     ) -> Connection:
         """The Connection for an accepted client, with what came behind its handshake.
 
-        Handshakes are read with plain reads: a client passes descriptors only
-        once the Connection has read its mark that they follow.
+        Handshakes are read with plain reads: a client's mark that descriptors
+        follow ends the read that takes it, so the descriptors behind it wait
+        in the socket for the Connection, which decodes the mark first.
         """
         conn = Connection.from_socket(
             sock, max_message_size=self._max_message_size, serializer=self._serializer

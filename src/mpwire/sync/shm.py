@@ -47,7 +47,6 @@ __all__ = [
     "offer",
     "shared_array",
     "shared_entry",
-    "unread",
 ]
 
 SHARED_THRESHOLD = 1 << 20
@@ -300,14 +299,14 @@ class SendBudget:
     def admit(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more may go as copies into memfds now (and count them)."""
         if self.in_flight and self.in_flight + nbytes > SHARED_IN_FLIGHT:
-            if unread(self._fd):
+            if _unread(self._fd):
                 return False
             self.in_flight = 0
         self.in_flight += nbytes
         return True
 
 
-def unread(fd: int) -> int:
+def _unread(fd: int) -> int:
     """Bytes sent on socket ``fd`` that the peer has not read yet (SIOCOUTQ)."""
     return int.from_bytes(fcntl.ioctl(fd, termios.TIOCOUTQ, bytes(4)), sys.byteorder)
 
