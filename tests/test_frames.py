@@ -55,6 +55,7 @@ def test_any_split_of_any_stream_decodes_to_the_same_messages(
         received += drain(decoder)
     assert received == messages
     assert not decoder.pending
+    assert decoder.received == len(encode(messages))
     assert isinstance(decoder.eof_error(), EOFError)
 
 
@@ -75,6 +76,7 @@ def test_partial_reads_into_the_leased_buffer(messages: list[bytes], sizes: list
         i += 1
         received += drain(decoder)
     assert received == messages
+    assert decoder.received == len(encode(messages))
 
 
 @settings(max_examples=200)
@@ -109,6 +111,7 @@ def test_next_payload_reads_as_the_receive_fast_path_does(
             received.append(payload)
     assert received == messages
     assert not decoder.pending
+    assert decoder.received == len(encode(messages))
 
 
 @pytest.mark.parametrize("limit", [0, 63])

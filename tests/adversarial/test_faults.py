@@ -926,6 +926,50 @@ def test_close_at_any_moment_of_a_busy_stream(kind: str) -> None:
             raise AssertionError(f"round {round_}: {exc}") from exc
 
 
+STALLS: dict[str, tuple[threading.Event, threading.Event]] = {}
+"""Per test: (a stalled unpickle began, the unpickle may go on)."""
+
+
+def _stall(name: str) -> None:
+    began, go_on = STALLS[name]
+    began.set()
+    assert go_on.wait(WAIT)
+
+
+class Stall:
+    """Unpickles by waiting for the test's word: a receive stopped in the middle of a message."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _stall, (self.name,)
+
+
+@needs_proc_syscall
+def test_a_receive_reading_after_close_resets_the_tcp_connection() -> None:
+    """close() interrupts a receive that then reads the bytes the kernel held: the peer wakes.
+
+    A read after the shutdown that close() makes does not reopen the TCP
+    window, so a peer blocked sending would wait on a plain close for ever;
+    the close must be a reset instead, as when unread bytes are dropped.
+    """
+    began, go_on = STALLS["reset"] = threading.Event(), threading.Event()
+    reader, writer = _tcp_pair()
+    with reader, writer:
+        # The stall comes first in the pickle, and the large body after it
+        # fills the window while the receive waits in the unpickler.
+        sending = Call(writer.send, [Stall("reset"), bytes(64 << 20)])
+        receiving = Call(reader.recv)
+        assert began.wait(WAIT)
+        wait_until_blocked(sending.tid, {"sendmsg"}, writer.fileno())
+        reader.close()
+        go_on.set()
+        assert ended_by_hangup(receiving.outcome(10))
+        error = sending.outcome(10)
+        assert isinstance(error, ConnectionError), repr(error)
+
+
 # -- 5. 200 clients, 100 round trips each -----------------------------------------------
 
 CLIENT_PROCESSES = 4

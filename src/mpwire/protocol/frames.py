@@ -149,6 +149,7 @@ class FrameDecoder:
         "accept_shared",
         "max_size",
         "on_descriptors",
+        "received",
         "shared",
     )
 
@@ -174,6 +175,7 @@ class FrameDecoder:
         self.accept_shared = False
         self.shared: list[SharedEntry] | None = None
         self.on_descriptors: Callable[[], None] | None = None
+        self.received = 0  # bytes taken in, in all
         self.feed(initial)
 
     @property
@@ -212,6 +214,7 @@ class FrameDecoder:
             finally:
                 lease.release()
             self._got += received
+            self.received += received
             return received
         end = self._end
         if end or self._grow:
@@ -223,6 +226,7 @@ class FrameDecoder:
         received = _counted(read) if read is None else read
         end += received
         self._end = end
+        self.received += received
         if end == len(self._buf) and end < self._read_ahead:
             self._grow = True  # reads fill the buffer: the next one grows it
         return received
@@ -243,6 +247,7 @@ class FrameDecoder:
         if lease is None or not 0 <= nbytes <= len(lease):
             raise ValueError("buffer_updated() without a matching get_buffer()")
         self._release_lease()
+        self.received += nbytes
         if self._got < self._size:
             self._got += nbytes
         else:
@@ -463,10 +468,11 @@ class PayloadReader:
     received, whatever sizes the pickle asks for.
     """
 
-    def __init__(self, frame: LargeFrame, readinto: ReadInto) -> None:
+    def __init__(self, frame: LargeFrame, readinto: ReadInto, decoder: FrameDecoder) -> None:
         self._prefix = memoryview(frame.prefix)
         self._left = frame.size
         self._readinto = readinto
+        self._decoder = decoder  # the frame's, which counts the bytes read here too
         self.broken = False
         """Whether reading failed, leaving the stream short of the payload's end."""
 
@@ -489,6 +495,7 @@ class PayloadReader:
                     if not n:
                         self.broken = True
                         raise OSError("got end of file during message")
+                    self._decoder.received += n
                 done += n
                 self._left -= n
         return done

@@ -21,6 +21,7 @@ import math
 import os
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -65,6 +66,9 @@ _NOSIGNAL = int(socket.MSG_NOSIGNAL)
 
 Flags are plain ints: an operator on socket's IntFlag members costs about 1 µs."""
 _DONTWAIT = int(socket.MSG_DONTWAIT)
+
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+"""SO_LINGER on, with no time: closing the socket sends a reset."""
 
 _TLS_RECORD = 16384
 """The most plaintext one TLS record carries: what a timed TLS send writes at a time."""
@@ -200,6 +204,7 @@ class Connection:
         self._closing: int | None = None
         self._close_lock = threading.Lock()
         self._polling = 0  # poll() calls waiting on the fd, which close() must wake too
+        self._received_at_shutdown: int | None = None
         self._sock = sock
         self._tls = isinstance(sock, TLSSocket)
         self._handle = fd
@@ -321,6 +326,7 @@ class Connection:
         self._closing = handle
         busy = self._polling or self._recv_lock.locked() or self._send_lock.locked()
         if self._sock is not None and busy:
+            self._received_at_shutdown = self._decoder.received
             with contextlib.suppress(OSError):  # not connected any more: nothing to wake
                 self._sock.shutdown(socket.SHUT_RDWR)
         self._finish_close()
@@ -337,10 +343,25 @@ class Connection:
             handle, self._closing = self._closing, None
             if handle is not None:
                 if self._sock is not None:
+                    self._reset_if_read_after_shutdown(self._sock)
                     self._sock.detach()
                 os.close(handle)
                 if self._fd_reader is not None:
                     shm.close_all(self._fd_reader.fds)
+
+    def _reset_if_read_after_shutdown(self, sock: socket.socket | TLSSocket) -> None:
+        """Make the close a TCP reset if a call read bytes after close() shut the socket down.
+
+        After a shutdown, reads no longer reopen the receive window, so a
+        peer blocked sending into a window they emptied would wait for ever
+        on a plain close. Those bytes are dropped unread, and the kernel
+        resets a connection closed with unread bytes: so does this.
+        """
+        received = self._received_at_shutdown
+        if received is None or received == self._decoder.received or sock.family == socket.AF_UNIX:
+            return
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
 
     def _fd(self) -> int:
         if self._handle is None:
@@ -818,7 +839,8 @@ class Connection:
     ) -> int | bytes:
         """A shared-memory message for recv_bytes(): the pickle with its buffers in band."""
         if isinstance(frame, LargeFrame):
-            head = frame.prefix + PayloadReader(frame, self._readinto or self._reader()).read()
+            payload = PayloadReader(frame, self._readinto or self._reader(), self._decoder)
+            head = frame.prefix + payload.read()
         else:
             head = bytes(into[:frame]) if isinstance(frame, int) and into is not None else frame
         data = inline_buffers(head, buffers)
@@ -832,7 +854,7 @@ class Connection:
 
     def _load_streamed(self, frame: LargeFrame, readinto: ReadInto, buffers: Any = None) -> Any:
         """Unpickle a large frame as its bytes arrive."""
-        payload = PayloadReader(frame, readinto)
+        payload = PayloadReader(frame, readinto, self._decoder)
         assert isinstance(self._serializer, PickleSerializer)
         try:
             obj = self._serializer.unpickler(payload, buffers).load()

@@ -50,6 +50,9 @@ class TLSSocket:
     def shutdown(self, how: int) -> None:
         self.sock.shutdown(how)
 
+    def setsockopt(self, level: int, option: int, value: bytes) -> None:
+        self.sock.setsockopt(level, option, value)
+
     def detach(self) -> int:
         return self.sock.detach()
 
