@@ -21,6 +21,7 @@ import socket
 import stat
 import struct
 import termios
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -1217,6 +1218,58 @@ def test_read_ahead_is_visible_to_poll_and_wait(conn_pair: Pair) -> None:
     assert a.recv_bytes() == b"third"
     assert a.poll(0) is False
     assert mpwire.wait([a], 0) == []
+
+
+def test_a_message_read_ahead_over_maxlength_closes(conn_pair: Pair) -> None:
+    a, b = conn_pair
+    for message in (b"one", b"two", b"x" * 100):
+        b.send_bytes(message)
+    wait_until_queued(a.fileno(), 3 * 4 + 6 + 100)
+    assert a.recv_bytes() == b"one"
+    assert a.recv_bytes() == b"two"
+    assert a._decoder.ready  # the long one, split off the read
+    with pytest.raises(mpwire.MessageTooLong, match="bad message length"):
+        a.recv_bytes(99)
+    assert a.closed
+
+
+def test_messages_read_ahead_are_not_received_after_close(conn_pair: Pair) -> None:
+    a, b = conn_pair
+    for message in (b"one", b"two", b"three"):
+        b.send_bytes(message)
+    wait_until_queued(a.fileno(), 3 * 4 + 11)
+    assert a.recv_bytes() == b"one"
+    assert a.recv_bytes() == b"two"
+    assert a._decoder.ready
+    a.close()
+    for receive in (a.recv_bytes, a.recv, lambda: a.recv_bytes_into(bytearray(8))):
+        with pytest.raises(OSError, match="closed"):
+            receive()
+
+
+def test_threads_receiving_together_get_each_message_once_and_in_order() -> None:
+    """Messages read ahead are taken without the receive lock: never twice, never reordered."""
+    a, b = mpwire.Pipe()
+    count, receivers = 20_000, 4
+    got: list[list[int]] = [[] for _ in range(receivers)]
+
+    def receive(mine: list[int]) -> None:
+        while (number := int(a.recv_bytes())) >= 0:
+            mine.append(number)
+
+    with a, b:
+        threads = [threading.Thread(target=receive, args=(mine,)) for mine in got]
+        for thread in threads:
+            thread.start()
+        for number in range(count):
+            b.send_bytes(b"%d" % number)
+        for _ in threads:
+            b.send_bytes(b"-1")
+        for thread in threads:
+            thread.join(30)
+            assert not thread.is_alive()
+    assert sorted(n for mine in got for n in mine) == list(range(count))
+    assert all(mine == sorted(mine) for mine in got)
 
 
 def test_read_ahead_on_one_way_pipe() -> None:

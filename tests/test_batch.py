@@ -127,6 +127,20 @@ def test_a_receive_in_the_block_sends_what_is_queued_first(pair: Any) -> None:
     thread.join(10)
 
 
+def test_a_receive_of_a_message_read_ahead_in_the_block_sends_first(pair: Any) -> None:
+    a, b = pair
+    for message in (b"first", b"early", b"ahead"):
+        b.send_bytes(message)
+    assert a.recv_bytes() == b"first"
+    assert a.recv_bytes() == b"early"
+    assert a._decoder.ready  # "ahead" came in the same read, ready to take
+    with a.batch():
+        a.send_bytes(b"queued")
+        assert a.recv_bytes() == b"ahead"
+        assert b.poll(10)
+        assert b.recv_bytes() == b"queued"
+
+
 def test_wait_sends_what_this_thread_queued_first(pair: Any) -> None:
     a, b = pair
     thread = echo(b, 1)

@@ -14,6 +14,7 @@ from mpwire.exceptions import FrameError, MessageTooLong
 from mpwire.protocol.frames import (
     DESCRIPTORS_FOLLOW,
     LARGEST_SHORT,
+    SPLIT_COUNT,
     FrameDecoder,
     encode_header,
 )
@@ -121,6 +122,42 @@ def test_next_payload_leaves_a_frame_over_the_limit_to_next_frame(limit: int) ->
     assert decoder.next_payload() is None
     with pytest.raises(MessageTooLong):
         decoder.next_frame()
+
+
+def test_next_payload_splits_the_small_payloads_behind_it_off_to_ready() -> None:
+    decoder = FrameDecoder(max_size=100)
+    messages = [b"one", b"two", b"x" * 100, b"y" * 101, b"after"]
+    decoder.feed(encode(messages))
+    assert decoder.next_payload() == b"one"
+    # A payload over the limit stops the split: next_frame() refuses it in turn.
+    assert list(decoder.ready) == [b"two", b"x" * 100]
+    assert decoder.pending_bytes() == encode(messages[1:])
+    assert decoder.next_payload() == b"two"
+    with pytest.raises(MessageTooLong):
+        decoder.next_frame(99)
+
+
+def test_a_split_takes_at_most_split_count_payloads() -> None:
+    decoder = FrameDecoder()
+    messages = [b"%d" % n for n in range(SPLIT_COUNT + 50)]
+    decoder.feed(encode(messages))
+    received = [decoder.next_payload()]
+    assert len(decoder.ready) == SPLIT_COUNT
+    while (payload := decoder.next_payload()) is not None:
+        received.append(payload)
+    assert received == messages
+
+
+def test_next_frame_takes_ready_payloads_first() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode([b"one", b"two", b"three"]))
+    decoder.next_payload()
+    target = bytearray(3)
+    assert decoder.next_frame(None, memoryview(target)) == 3
+    assert target == b"two"
+    assert decoder.next_frame(None, memoryview(target)) == b"three"  # too long for it
+    assert not decoder.pending
+    assert isinstance(decoder.eof_error(), EOFError)
 
 
 @settings(max_examples=200)

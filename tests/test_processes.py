@@ -224,22 +224,24 @@ def test_read_ahead_travels_with_the_connection(method: str, how: str) -> None:
     ctx = multiprocessing.get_context(method)
     ours, theirs = mpwire.Pipe()
     with ours, theirs:
-        ours.send_bytes(b"first")
-        ours.send_bytes(b"second")
+        for message in (b"first", b"second", b"third"):
+            ours.send_bytes(message)
         assert theirs.recv_bytes() == b"first"
-        # "second" was read ahead with "first": the kernel holds nothing more.
+        # "third" was read ahead with "first": the kernel holds nothing more.
         assert select.select([theirs.fileno()], [], [], 0) == ([], [], [])
+        assert theirs.recv_bytes() == b"second"
+        assert theirs._decoder.ready  # "third", split off that read
         assert theirs.poll(0)
         if how == "argument":
             with running(ctx, reply_with_next_message, theirs) as proc:
                 theirs.close()
-                assert recv_from(ours, proc, raw=True) == b"child got: second"
+                assert recv_from(ours, proc, raw=True) == b"child got: third"
         elif how == "queue":
             queue = ctx.Queue()
             try:
                 with running(ctx, reply_from_queue, queue) as proc:
                     queue.put(theirs)
-                    assert recv_from(ours, proc, raw=True) == b"child got: second"
+                    assert recv_from(ours, proc, raw=True) == b"child got: third"
             finally:
                 queue.close()
                 queue.join_thread()
@@ -248,7 +250,7 @@ def test_read_ahead_travels_with_the_connection(method: str, how: str) -> None:
             with control, running(ctx, reply_from_connection, control_child) as proc:
                 control_child.close()
                 control.send(theirs)
-                assert recv_from(ours, proc, raw=True) == b"child got: second"
+                assert recv_from(ours, proc, raw=True) == b"child got: third"
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -22,6 +22,7 @@ import contextlib
 import errno
 import io
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Literal, NamedTuple, overload
 
@@ -67,6 +68,12 @@ READ_AHEAD = 256 * 1024
 INITIAL_READ_AHEAD = 4096
 """The read-ahead buffer starts this small and doubles while reads fill it."""
 
+SPLIT_LIMIT = 16384
+"""Whole payloads up to this size are split off a read at once, onto the ready queue."""
+
+SPLIT_COUNT = 256
+"""The most payloads split off at a time (each is an object: this bounds their overhead)."""
+
 GROWTH_STEP = 1 << 20
 """A large payload's buffer is grown at most max(received, GROWTH_STEP) ahead."""
 
@@ -105,6 +112,9 @@ def encode_shared_header(entries: list[SharedEntry]) -> bytes:
         raise ValueError(f"a message carries 1 to {MAX_SHARED_BUFFERS} shared buffers")
     fields = [field for entry in entries for field in entry]
     return struct.pack(f"!iI{_ENTRY * len(entries)}", _SHARED, len(entries), *fields)
+
+
+_SPLITS = range(SPLIT_COUNT)
 
 
 class LargeFrame(NamedTuple):
@@ -149,6 +159,7 @@ class FrameDecoder:
         "accept_shared",
         "max_size",
         "on_descriptors",
+        "ready",
         "received",
         "shared",
     )
@@ -176,22 +187,28 @@ class FrameDecoder:
         self.shared: list[SharedEntry] | None = None
         self.on_descriptors: Callable[[], None] | None = None
         self.received = 0  # bytes taken in, in all
+        self.ready: deque[bytes] = deque()
+        """Small payloads split off a read, first in line (see next_payload())."""
         self.feed(initial)
 
     @property
     def pending(self) -> bool:
         """Whether any received byte has not been returned yet."""
+        return bool(self.ready) or self._mid_frame()
+
+    def _mid_frame(self) -> bool:
         return self._end > self._start or self._size > 0 or self.shared is not None
 
     def pending_bytes(self) -> bytes:
         """The received bytes not returned yet, to hand this stream to another decoder."""
         if self._size or self.shared is not None:
             raise ValueError("cannot hand over a stream in the middle of a message")
-        return bytes(self._view[self._start : self._end])
+        ready = [encode_short_header(len(payload)) + payload for payload in self.ready]
+        return b"".join(ready) + self._view[self._start : self._end]
 
     def eof_error(self) -> Exception:
         """The exception for an end of stream now: clean between frames, or not."""
-        if self.pending:
+        if self._mid_frame():
             return OSError("got end of file during message")
         return EOFError()
 
@@ -268,12 +285,20 @@ class FrameDecoder:
             self._view = memoryview(self._buf)
 
     def next_payload(self, readinto: ReadInto | None = None) -> bytes | None:
-        """The next payload if the read-ahead holds it whole in a plain frame, else None.
+        """The next payload if it is ready or in the read-ahead whole, in a plain frame.
 
         The common case of :meth:`next_frame`, kept short because every small
         message takes it; None only means that next_frame() must decide. With
-        ``readinto``, an empty read-ahead is first filled (one call).
+        ``readinto``, an empty read-ahead is first filled (one call). The
+        whole small payloads behind the one returned go to :attr:`ready`,
+        which a caller may pop from without a lock: each is a ``bytes`` made
+        once, and a ``deque`` pops atomically.
         """
+        if self.ready:
+            try:
+                return self.ready.popleft()
+            except IndexError:  # another thread took the last
+                pass
         if self._size or self.shared is not None:
             return None
         start = self._start
@@ -288,11 +313,30 @@ class FrameDecoder:
         stop = start + 4 + size
         if size < 0 or stop > end or (self.max_size is not None and size > self.max_size):
             return None
+        payload = self._view[start + 4 : stop].tobytes()
         if stop == end:
             self._start = self._end = 0
         else:
-            self._start = stop
-        return self._view[start + 4 : stop].tobytes()
+            self._split(stop, end)
+        return payload
+
+    def _split(self, start: int, end: int) -> None:
+        """Move the whole small plain frames from ``start`` on (SPLIT_COUNT at most) to ready."""
+        buf, view, append = self._buf, self._view, self.ready.append
+        limit = SPLIT_LIMIT if self.max_size is None else min(SPLIT_LIMIT, self.max_size)
+        for _ in _SPLITS:
+            if end - start < 4:
+                break
+            size: int = _unpack_short(buf, start)[0]
+            stop = start + 4 + size
+            if size < 0 or size > limit or stop > end:
+                break
+            append(view[start + 4 : stop].tobytes())
+            start = stop
+        if start == end:
+            self._start = self._end = 0
+        else:
+            self._start = start
 
     @overload
     def next_frame(self, maxlength: int | None = None) -> bytes | None: ...
@@ -321,17 +365,25 @@ class FrameDecoder:
         ``max_size`` raises :class:`MessageTooLong`; a malformed header raises
         :class:`FrameError`. The stream cannot be used after either.
         """
+        if self.ready:
+            try:
+                payload = self.ready.popleft()
+            except IndexError:  # another thread took the last
+                pass
+            else:
+                if maxlength is not None and len(payload) > maxlength:
+                    raise MessageTooLong(len(payload), maxlength)
+                return _deliver(payload, into)
         if self._size:
             if maxlength is not None and self._size > maxlength:
                 raise MessageTooLong(self._size, maxlength)
             if self._got < self._size:
                 return None
-            payload = self._finish_large()
-            if into is not None and isinstance(payload, bytes) and len(payload) <= len(into):
-                # Begun by a call without this buffer (then interrupted).
-                into[: len(payload)] = payload
-                return len(payload)
-            return payload
+            finished = self._finish_large()
+            if isinstance(finished, int):  # it landed in the caller's buffer
+                return finished
+            # Begun by a call without this buffer (then interrupted), maybe.
+            return _deliver(finished, into)
         start = self._start
         avail = self._end - start
         if avail < 4:
@@ -361,10 +413,7 @@ class FrameDecoder:
                 self._start = self._end = 0
             else:
                 self._start = end
-            if into is not None and size <= len(into):
-                into[:size] = self._view[begin:end]
-                return size
-            return bytes(self._view[begin:end])
+            return _deliver(self._view[begin:end], into)
         if end - start > self._read_ahead:
             if stream:
                 prefix = bytes(self._view[begin : self._end])
@@ -456,6 +505,15 @@ class FrameDecoder:
             # lease is released when it lets go.
             with contextlib.suppress(BufferError):
                 lease.release()
+
+
+def _deliver(payload: bytes | memoryview, into: memoryview | None) -> int | bytes:
+    """A whole payload for next_frame(): into ``into`` if it fits (its size), else as bytes."""
+    size = len(payload)
+    if into is not None and size <= len(into):
+        into[:size] = payload
+        return size
+    return bytes(payload)
 
 
 class PayloadReader:

@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from multiprocessing import reduction
 from types import TracebackType
@@ -220,6 +221,9 @@ class Connection:
         self._after_first_send: Callable[[], None] | None = None
         self._batch: Batch | None = None
         self._plain_sock = self._plain_socket()
+        # The decoder's ready payloads, which receives pop without the lock;
+        # None while that is not allowed (closed, or a batch is open).
+        self._ready: deque[bytes] | None = self._decoder.ready
         # Set once both ends agreed on shared memory. Receives keep the fds
         # sent once the peer's DESCRIPTORS_FOLLOW mark is decoded; sends pass
         # memfds once this end has sent its own mark.
@@ -322,7 +326,7 @@ class Connection:
         handle = self._handle
         if handle is None:
             return
-        self._handle = self._readinto = self._write_fd = self._plain_sock = None
+        self._handle = self._readinto = self._write_fd = self._plain_sock = self._ready = None
         self._closing = handle
         busy = self._polling or self._recv_lock.locked() or self._send_lock.locked()
         if self._sock is not None and busy:
@@ -342,6 +346,8 @@ class Connection:
         with self._close_lock:
             handle, self._closing = self._closing, None
             if handle is not None:
+                # (a batch that ended meanwhile may have opened them again)
+                self._plain_sock = self._ready = None
                 if self._sock is not None:
                     self._reset_if_read_after_shutdown(self._sock)
                     self._sock.detach()
@@ -411,8 +417,12 @@ class Connection:
         if type(buf) is bytes and not offset and size is None:
             if timeout is None and len(buf) <= _CONCAT_LIMIT and self._plain_sock is not None:
                 self._send_small(encode_short_header(len(buf)) + buf)
-            else:
-                self._send_frame(buf, timeout)
+                return
+            batch = self._batch
+            if batch is not None and batch.owner == threading.get_ident():
+                batch.add(buf, None)  # (what _send_frame() would do: one call less)
+                return
+            self._send_frame(buf, timeout)
             return
         self._writable_fd()
         self._send_frame(message_view(buf, offset, size), timeout)
@@ -739,11 +749,18 @@ class Connection:
                 self._finish_close()
 
     def _next_payload(self) -> bytes | None:
-        """The next message if it is a plain frame here or in the next read, else None.
+        """The next message if it is ready, a plain frame here or in the next read, else None.
 
-        The common case of receiving (no limit, no timeout), kept short: at
-        most one read, and None leaves the rest to _receive().
+        The common case of receiving (no limit, no timeout), kept short: a
+        ready payload needs no lock, else at most one read, and None leaves
+        the rest to _receive().
         """
+        ready = self._ready
+        if ready:
+            try:
+                return ready.popleft()
+            except IndexError:  # another thread took the last
+                pass
         if self._batch is not None:
             return None  # frames to send first, maybe
         try:
@@ -905,13 +922,16 @@ class Batch:
     join the outer one.
     """
 
-    __slots__ = ("_conn", "_parts", "_queued", "_timeout", "owner")
+    __slots__ = ("_conn", "_parts", "_queued", "_small", "_timeout", "owner")
 
     def __init__(self, conn: Connection, timeout: float | None) -> None:
         self._conn = conn
         self._timeout = timeout
+        # The frames queued: buffers too large to copy, and the small frames
+        # between them, copied whole into one bytearray per run.
         self._parts: list[Any] = []
-        self._queued = 0
+        self._queued = 0  # bytes in _parts
+        self._small = bytearray()  # the last run of small frames, not in _parts yet
         self.owner: int | None = None
         """The thread holding the connection's sends (None: not entered, or nested)."""
 
@@ -929,7 +949,7 @@ class Batch:
             conn._writable_fd()  # raises: closed, or read-only
         self.owner = threading.get_ident()
         conn._batch = self
-        conn._plain_sock = None
+        conn._plain_sock = conn._ready = None
         return self
 
     def __exit__(
@@ -944,11 +964,12 @@ class Batch:
         try:
             if conn._write_fd is not None:
                 self.flush()
-            elif self._parts and exc_type is None:
+            elif (self._parts or self._small) and exc_type is None:
                 raise OSError("handle is closed: the batch's last frames did not leave")
         finally:
             self.owner = conn._batch = None
             conn._plain_sock = conn._plain_socket()
+            conn._ready = conn._decoder.ready if conn._handle is not None else None
             conn._send_lock.release()
             if conn._closing is not None:
                 conn._finish_close()
@@ -963,18 +984,31 @@ class Batch:
             conn._write_frame(payload, self._timeout, shared)
             return
         if type(payload) is bytes and len(payload) <= _CONCAT_LIMIT:
-            self._parts.append(encode_short_header(len(payload)) + payload)
-            self._queued += len(payload) + 4
+            small = self._small
+            small += encode_short_header(len(payload))
+            small += payload
         else:
             for part in _frame(payload):
+                if len(part) <= _CONCAT_LIMIT:
+                    self._small += part
+                    continue
+                self._end_small_run()
                 # A bytes object cannot change before the frame leaves; anything else may.
                 self._parts.append(part if type(part) is bytes else bytes(part))
                 self._queued += len(part)
-        if self._queued >= _BATCH_BYTES:
+        if self._queued + len(self._small) >= _BATCH_BYTES:
             self.flush()
+
+    def _end_small_run(self) -> None:
+        """Queue the run of small frames as one part; later ones start another."""
+        if self._small:
+            self._parts.append(self._small)
+            self._queued += len(self._small)
+            self._small = bytearray()
 
     def flush(self) -> None:
         """Write the frames queued so far."""
+        self._end_small_run()
         parts, self._parts, self._queued = self._parts, [], 0
         if parts:
             conn = self._conn
