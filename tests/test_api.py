@@ -1077,6 +1077,24 @@ def test_close_closes_the_fd() -> None:
             b.send("nobody reads this")
 
 
+def test_a_connection_whose_socket_object_was_closed_leaves_the_fd_number_alone() -> None:
+    """Its owner closed the socket under it: the number may name another file by now."""
+    ours, theirs = socket.socketpair()
+    conn = mpwire.Connection.from_socket(ours)
+    fd = ours.fileno()
+    ours.close()
+    read_end, write_end = os.pipe()
+    try:
+        if read_end != fd:
+            os.dup2(read_end, fd)  # another file takes the number
+        conn.close()
+        assert stat.S_ISFIFO(os.fstat(fd).st_mode)
+    finally:
+        for end in {fd, read_end, write_end}:
+            os.close(end)
+        theirs.close()
+
+
 def test_one_way_pipe() -> None:
     reader, writer = mpwire.Pipe(duplex=False)
     with reader, writer:

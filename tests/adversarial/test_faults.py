@@ -13,6 +13,7 @@ before the fork), and every wait on them is bounded.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import multiprocessing
@@ -21,7 +22,9 @@ import pickle
 import platform
 import random
 import signal
+import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -107,6 +110,15 @@ def wait_until_blocked(tid: int, calls: set[str], fd: int | None = None) -> None
     while not blocked_in(tid, calls, fd):
         if time.monotonic() > deadline:
             raise AssertionError(f"thread {tid} never blocked in {sorted(calls)} on fd {fd}")
+        time.sleep(0.0002)
+
+
+def wait_until_sent(conn: mpwire.Connection) -> None:
+    """Wait (polling the socket's send queue) until the peer's kernel has every byte sent."""
+    deadline = time.monotonic() + WAIT
+    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, bytes(4)))[0]:
+        if time.monotonic() > deadline:
+            raise AssertionError("the peer's kernel never took what was sent")
         time.sleep(0.0002)
 
 
@@ -968,6 +980,36 @@ def test_a_receive_reading_after_close_resets_the_tcp_connection() -> None:
         assert ended_by_hangup(receiving.outcome(10))
         error = sending.outcome(10)
         assert isinstance(error, ConnectionError), repr(error)
+
+
+def test_a_receive_that_finishes_its_message_after_close_closes_gracefully() -> None:
+    """A receive busy when close() came, which then reads the rest of its message: no reset.
+
+    Nothing is left unread, so what this end sent before close() still
+    arrives, then the end of the stream.
+    """
+    began, go_on = STALLS["graceful"] = threading.Event(), threading.Event()
+    with mpwire.Listener(("127.0.0.1", 0)) as listener:
+        writer = mpwire.Client(listener.address)
+        reader = listener.accept(timeout=WAIT)
+    reply = bytes(range(256)) * 4096  # 1 MiB
+    with reader, writer:
+        with socket.socket(fileno=os.dup(reader.fileno())) as sock:
+            # Room for the whole message and the whole reply.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        # Over the read-ahead, so it is unpickled as it arrives.
+        writer.send([Stall("graceful"), bytes(400_000)])
+        receiving = Call(reader.recv)
+        assert began.wait(WAIT)
+        wait_until_sent(writer)  # the rest of the message waits in the reader's kernel
+        reader.send_bytes(reply)
+        reader.close()
+        go_on.set()
+        assert receiving.outcome(10) is None  # the message came whole
+        assert writer.recv_bytes(timeout=WAIT) == reply
+        with pytest.raises(EOFError):
+            writer.recv_bytes(timeout=WAIT)
 
 
 # -- 5. 200 clients, 100 round trips each -----------------------------------------------

@@ -203,7 +203,7 @@ class FrameDecoder:
         """The received bytes not returned yet, to hand this stream to another decoder."""
         if self._size or self.shared is not None:
             raise ValueError("cannot hand over a stream in the middle of a message")
-        ready = [encode_short_header(len(payload)) + payload for payload in self.ready]
+        ready = [encode_short_header(len(payload)) + payload for payload in tuple(self.ready)]
         return b"".join(ready) + self._view[self._start : self._end]
 
     def eof_error(self) -> Exception:

@@ -205,7 +205,10 @@ class Connection:
         self._closing: int | None = None
         self._close_lock = threading.Lock()
         self._polling = 0  # poll() calls waiting on the fd, which close() must wake too
+        # What close() needs to know to make a TCP close a reset (see
+        # _reset_if_unread_after_shutdown()).
         self._received_at_shutdown: int | None = None
+        self._cut_short = False
         self._sock = sock
         self._tls = isinstance(sock, TLSSocket)
         self._handle = fd
@@ -346,25 +349,32 @@ class Connection:
         with self._close_lock:
             handle, self._closing = self._closing, None
             if handle is not None:
-                # (a batch that ended meanwhile may have opened them again)
-                self._plain_sock = self._ready = None
+                owned = True
                 if self._sock is not None:
-                    self._reset_if_read_after_shutdown(self._sock)
-                    self._sock.detach()
-                os.close(handle)
+                    self._reset_if_unread_after_shutdown(self._sock)
+                    # -1: the socket object was closed (by its owner, or its
+                    # finalizer at exit), and the fd number may be another's now.
+                    owned = self._sock.detach() >= 0
+                if owned:
+                    os.close(handle)
                 if self._fd_reader is not None:
                     shm.close_all(self._fd_reader.fds)
 
-    def _reset_if_read_after_shutdown(self, sock: socket.socket | TLSSocket) -> None:
-        """Make the close a TCP reset if a call read bytes after close() shut the socket down.
+    def _reset_if_unread_after_shutdown(self, sock: socket.socket | TLSSocket) -> None:
+        """Make the close a TCP reset if a call read bytes after close() shut the socket down,
+        and left some of them unread or a message cut short.
 
         After a shutdown, reads no longer reopen the receive window, so a
-        peer blocked sending into a window they emptied would wait for ever
-        on a plain close. Those bytes are dropped unread, and the kernel
-        resets a connection closed with unread bytes: so does this.
+        peer blocked sending into a window they emptied would wait on a
+        plain close until the orphaned socket times out (a minute or more).
+        The kernel resets a connection closed with unread bytes; so does
+        this, for bytes it read. A receive that finished its message closes
+        gracefully: what this end sent still arrives.
         """
         received = self._received_at_shutdown
         if received is None or received == self._decoder.received or sock.family == socket.AF_UNIX:
+            return
+        if not (self._decoder.pending or self._cut_short):
             return
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
@@ -483,6 +493,13 @@ class Connection:
         self._after_first_send = hook
         self._plain_sock = None
 
+    def _reopen_shortcuts(self) -> None:
+        """Open the fast paths again after what shut them (a batch, the first-send hook)."""
+        self._plain_sock = self._plain_socket()
+        self._ready = self._decoder.ready if self._batch is None else None
+        if self._handle is None:  # closed meanwhile: close() clears _handle, then these
+            self._plain_sock = self._ready = None
+
     def _plain_socket(self) -> socket.socket | None:
         """The socket small frames go to directly, if nothing else is to be done for them.
 
@@ -598,7 +615,7 @@ class Connection:
         if self._after_first_send is not None:
             hook, self._after_first_send = self._after_first_send, None
             hook()
-            self._plain_sock = self._plain_socket()
+            self._reopen_shortcuts()
 
     def _mark_fds(self, fd: int, deadline: float | None) -> None:
         """Tell the peer that descriptors follow, before the first ones (once).
@@ -855,11 +872,7 @@ class Connection:
         self, frame: Any, buffers: list[Any], maxlength: int | None, into: memoryview | None
     ) -> int | bytes:
         """A shared-memory message for recv_bytes(): the pickle with its buffers in band."""
-        if isinstance(frame, LargeFrame):
-            payload = PayloadReader(frame, self._readinto or self._reader(), self._decoder)
-            head = frame.prefix + payload.read()
-        else:
-            head = bytes(into[:frame]) if isinstance(frame, int) and into is not None else frame
+        head = bytes(into[:frame]) if isinstance(frame, int) and into is not None else frame
         data = inline_buffers(head, buffers)
         if maxlength is not None and len(data) > maxlength:
             self.close()
@@ -878,6 +891,7 @@ class Connection:
         except BaseException:
             if payload.broken:
                 # Reading stopped part way through a message it cannot resume.
+                self._cut_short = True
                 self.close()
             else:
                 payload.skip_rest()  # a bad pickle: the next message is intact
@@ -968,8 +982,7 @@ class Batch:
                 raise OSError("handle is closed: the batch's last frames did not leave")
         finally:
             self.owner = conn._batch = None
-            conn._plain_sock = conn._plain_socket()
-            conn._ready = conn._decoder.ready if conn._handle is not None else None
+            conn._reopen_shortcuts()
             conn._send_lock.release()
             if conn._closing is not None:
                 conn._finish_close()
