@@ -5,15 +5,19 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import fcntl
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +98,14 @@ def mapped_memfds() -> int:
     """How many memfd mappings this process has."""
     with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
         return sum("/memfd:mpwire" in line for line in maps)
+
+
+def wait_until_unread(conn: mpwire.Connection, nbytes: int) -> None:
+    """Wait (bounded) until at least ``nbytes`` wait in the kernel for ``conn`` to read."""
+    deadline = time.monotonic() + 30
+    while struct.unpack("i", fcntl.ioctl(conn.fileno(), termios.FIONREAD, bytes(4)))[0] < nbytes:
+        assert time.monotonic() < deadline, "the bytes never came"
+        select.select([], [], [], 0.001)
 
 
 @pytest.fixture
@@ -259,6 +271,28 @@ def test_a_peer_that_stops_reading_holds_back_shared_memory_too(pipe: Any) -> No
     assert sent == shm.SHARED_IN_FLIGHT // value.nbytes
     for _ in range(sent):
         assert mapped(b.recv(timeout=30))
+
+
+def test_past_the_budget_an_array_in_a_shared_buffer_still_goes_as_shared_memory(
+    pipe: Any,
+) -> None:
+    """Only copies count against the budget: a SharedBuffer's memfd goes as it is."""
+    a, b = pipe
+    value = np.ones((16 << 20) // 8)
+    for _ in range(shm.SHARED_IN_FLIGHT // value.nbytes):
+        a.send(value, timeout=10)  # the peer reads none of them yet
+    shared = mpwire.shared_array(1000)
+    # Over the budget: the copy goes in band (in a thread: the stream holds it back).
+    sender = threading.Thread(target=a.send, args=([value, shared],), kwargs={"timeout": 30})
+    sender.start()
+    wait_until_unread(b, 64 << 10)  # the copy is on its way in band: read from now on
+    backlog = [b.recv(timeout=30) for _ in range(shm.SHARED_IN_FLIGHT // value.nbytes)]
+    copied, same = b.recv(timeout=30)
+    sender.join(30)
+    assert all(mapped(array) for array in backlog)
+    assert not mapped(copied)
+    shared[0] = 5.0
+    assert same[0] == 5.0
 
 
 def test_a_peer_that_reads_gets_every_array_as_shared_memory(pipe: Any) -> None:

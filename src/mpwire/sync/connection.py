@@ -451,16 +451,32 @@ class Connection:
             parts = dump_parts(obj)
         else:
             parts, buffers = dump_shared(obj, _out_of_band, MAX_SHARED_BUFFERS)
-            located = [(buffer, shm.shared_entry(buffer)) for buffer in buffers]
-            copied = sum(buffer.nbytes for buffer, found in located if found is None)
-            assert self._send_budget is not None
-            if copied and not self._send_budget.admit(copied):
-                parts, buffers = dump_shared(obj, _in_shared_buffer, MAX_SHARED_BUFFERS)
-                located = [(buffer, shm.shared_entry(buffer)) for buffer in buffers]
-            if located:
-                self._send_with_memfds(parts, located, timeout)
-                return
+            if buffers:  # (the rare case: most pickles have none)
+                in_band = self._send_shared(obj, parts, buffers, timeout)
+                if in_band is None:
+                    return
+                parts = in_band
         self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
+
+    def _send_shared(
+        self, obj: Any, parts: list[Any], buffers: list[memoryview], timeout: float | None
+    ) -> list[Any] | None:
+        """Send the pickle of ``obj`` with its out-of-band ``buffers`` as memfds.
+
+        Within the send budget: past it, buffers that would be copied go in
+        band, and only those already in a SharedBuffer stay out. Returns the
+        in-band pickle's parts, for the caller to send, if no buffer is left.
+        """
+        located = [(buffer, shm.shared_entry(buffer)) for buffer in buffers]
+        copied = sum(buffer.nbytes for buffer, found in located if found is None)
+        assert self._send_budget is not None
+        if copied and not self._send_budget.admit(copied):
+            parts, buffers = dump_shared(obj, _in_shared_buffer, MAX_SHARED_BUFFERS)
+            if not buffers:
+                return parts
+            located = [(buffer, shm.shared_entry(buffer)) for buffer in buffers]
+        self._send_with_memfds(parts, located, timeout)
+        return None
 
     def _send_with_memfds(
         self,
