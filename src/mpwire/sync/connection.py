@@ -456,7 +456,14 @@ class Connection:
                 if in_band is None:
                     return
                 parts = in_band
-        self._send_frame(parts[0] if len(parts) == 1 else parts, timeout)
+        if len(parts) > 1:
+            self._send_frame(parts, timeout)
+            return
+        pickled = parts[0]
+        if timeout is None and len(pickled) <= _CONCAT_LIMIT and self._plain_sock is not None:
+            self._send_small(encode_short_header(len(pickled)) + pickled)
+            return
+        self._send_frame(pickled, timeout)
 
     def _send_shared(
         self, obj: Any, parts: list[Any], buffers: list[memoryview], timeout: float | None
@@ -556,14 +563,21 @@ class Connection:
     def _send_small(self, frame: bytes) -> None:
         """Send a small frame, header and payload joined, with no timeout: the common case.
 
-        The caller saw a plain socket; the shortest path, so kept short.
+        The caller saw a plain socket; the shortest path, so kept short (one
+        call less than _write_joined() would be).
         """
         try:
             with self._send_lock:
                 sock = self._plain_sock
                 if sock is None:  # closed since the caller looked
                     raise OSError("handle is closed")
-                self._write_joined(self._handle, sock, frame)  # type: ignore[arg-type]
+                try:
+                    written = sock.send(frame, _NOSIGNAL)
+                except BaseException as exc:
+                    self._write_failed(exc)
+                    raise
+                if written != len(frame):
+                    self._transmit(self._handle, [memoryview(frame)[written:]], None, True)  # type: ignore[arg-type]
         finally:
             if self._closing is not None:
                 self._finish_close()
@@ -572,13 +586,21 @@ class Connection:
         """Write a joined frame with no timeout: one call, which a blocking fd finishes."""
         try:
             written = sock.send(frame, _NOSIGNAL) if sock else os.write(fd, frame)
-        except BlockingIOError:
-            raise  # a non-blocking fd that had no room: nothing left
-        except BaseException:
-            self.close()  # part of the frame may have left
+        except BaseException as exc:
+            self._write_failed(exc)
             raise
         if written != len(frame):
             self._transmit(fd, [memoryview(frame)[written:]], None, True)
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """Close after the first write of a frame failed, unless nothing of it can have left.
+
+        Nothing left on a non-blocking fd's EAGAIN; after anything else (an
+        exception can even land just after the write returned), part of the
+        frame may have.
+        """
+        if not isinstance(exc, BlockingIOError):
+            self.close()
 
     def _send_frame(
         self, payload: _Payload, timeout: float | None, shared: _Shared | None = None
