@@ -55,6 +55,7 @@ from ..serialize import (
     inline_buffers,
 )
 from . import shm
+from .gate import Gate
 from .tls import TLSSocket
 
 __all__ = ["Batch", "Connection", "rebuild_connection", "reduce_connection"]
@@ -200,8 +201,8 @@ class Connection:
         # One sender and one receiver at a time; close() defers closing the
         # fd (in _closing) while either is busy, so no call ever touches a
         # reused fd number.
-        self._send_lock = threading.Lock()
-        self._recv_lock = threading.Lock()
+        self._send_gate = Gate()
+        self._recv_gate = Gate()
         self._closing: int | None = None
         self._close_lock = threading.Lock()
         self._polling = 0  # poll() calls waiting on the fd, which close() must wake too
@@ -331,7 +332,7 @@ class Connection:
             return
         self._handle = self._readinto = self._write_fd = self._plain_sock = self._ready = None
         self._closing = handle
-        busy = self._polling or self._recv_lock.locked() or self._send_lock.locked()
+        busy = self._polling or not self._recv_gate.token or not self._send_gate.token
         if self._sock is not None and busy:
             self._received_at_shutdown = self._decoder.received
             with contextlib.suppress(OSError):  # not connected any more: nothing to wake
@@ -341,10 +342,10 @@ class Connection:
     def _finish_close(self) -> None:
         """Close the fd once no call is using it (the last one out calls this).
 
-        A call that takes its lock after close() began finds the connection
-        closed before it touches the fd, so seeing both locks free is enough.
+        A call that takes its gate after close() began finds the connection
+        closed before it touches the fd, so seeing both gates free is enough.
         """
-        if self._polling or self._recv_lock.locked() or self._send_lock.locked():
+        if self._polling or not self._recv_gate.token or not self._send_gate.token:
             return
         with self._close_lock:
             handle, self._closing = self._closing, None
@@ -566,19 +567,26 @@ class Connection:
         The caller saw a plain socket; the shortest path, so kept short (one
         call less than _write_joined() would be).
         """
+        gate = self._send_gate
         try:
-            with self._send_lock:
-                sock = self._plain_sock
-                if sock is None:  # closed since the caller looked
-                    raise OSError("handle is closed")
-                try:
-                    written = sock.send(frame, _NOSIGNAL)
-                except BaseException as exc:
-                    self._write_failed(exc)
-                    raise
-                if written != len(frame):
-                    self._transmit(self._handle, [memoryview(frame)[written:]], None, True)  # type: ignore[arg-type]
+            del gate.token[0]
+        except IndexError:
+            gate.acquire()
+        try:
+            sock = self._plain_sock
+            if sock is None:  # closed since the caller looked
+                raise OSError("handle is closed")
+            try:
+                written = sock.send(frame, _NOSIGNAL)
+            except BaseException as exc:
+                self._write_failed(exc)
+                raise
+            if written != len(frame):
+                self._transmit(self._handle, [memoryview(frame)[written:]], None, True)  # type: ignore[arg-type]
         finally:
+            gate.token.append(True)
+            if gate.waiting:
+                gate.wake()
             if self._closing is not None:
                 self._finish_close()
 
@@ -610,18 +618,16 @@ class Connection:
         if batch is not None and batch.owner == threading.get_ident():
             batch.add(payload, shared)
             return
-        lock = self._send_lock
+        gate = self._send_gate
         try:
-            if timeout is None:
-                with lock:  # (a with block releases even if an exception lands at once)
-                    self._write_frame(payload, None, shared)
-            elif lock.acquire(True, timeout):
-                try:
-                    self._write_frame(payload, timeout, shared)
-                finally:
-                    lock.release()
-            else:
+            if not gate.acquire(timeout):
                 raise TimeoutError("send timed out waiting for another sender")
+            try:
+                self._write_frame(payload, timeout, shared)
+            finally:
+                gate.token.append(True)
+                if gate.waiting:
+                    gate.wake()
         finally:
             if self._closing is not None:
                 self._finish_close()
@@ -788,17 +794,16 @@ class Connection:
         receiver may hold the lock, waiting for the answer to it).
         """
         self._flush_own_batch()
-        lock = self._recv_lock
+        gate = self._recv_gate
         try:
-            if timeout is None:
-                with lock:  # (a with block releases even if an exception lands at once)
-                    return self._take(maxlength, into, load, None)
-            if lock.acquire(True, timeout):
-                try:
-                    return self._take(maxlength, into, load, timeout)
-                finally:
-                    lock.release()
-            raise TimeoutError("recv timed out waiting for another receiver")
+            if not gate.acquire(timeout):
+                raise TimeoutError("recv timed out waiting for another receiver")
+            try:
+                return self._take(maxlength, into, load, timeout)
+            finally:
+                gate.token.append(True)
+                if gate.waiting:
+                    gate.wake()
         finally:
             if self._closing is not None:
                 self._finish_close()
@@ -818,17 +823,24 @@ class Connection:
                 pass
         if self._batch is not None:
             return None  # frames to send first, maybe
+        gate = self._recv_gate
         try:
-            with self._recv_lock:
-                readinto = self._readinto
-                if readinto is None:
-                    return None  # closed, or never read from yet
-                try:
-                    return self._decoder.next_payload(readinto)
-                except BaseException as exc:
-                    self._receive_failed(exc)
-                    raise
+            del gate.token[0]
+        except IndexError:
+            gate.acquire()
+        try:
+            readinto = self._readinto
+            if readinto is None:
+                return None  # closed, or never read from yet
+            try:
+                return self._decoder.next_payload(readinto)
+            except BaseException as exc:
+                self._receive_failed(exc)
+                raise
         finally:
+            gate.token.append(True)
+            if gate.waiting:
+                gate.wake()
             if self._closing is not None:
                 self._finish_close()
 
@@ -989,17 +1001,20 @@ class Batch:
 
     def __enter__(self) -> Self:
         conn = self._conn
+        owner = threading.get_ident()
         outer = conn._batch
-        if outer is not None and outer.owner == threading.get_ident():
+        if outer is not None and outer.owner == owner:
             return self
-        lock = conn._send_lock
-        if not lock.acquire(True, -1 if self._timeout is None else self._timeout):
+        gate = conn._send_gate
+        if not gate.acquire(self._timeout):
             raise TimeoutError("send timed out waiting for another sender")
         if conn._write_fd is None:
-            lock.release()
+            gate.token.append(True)
+            if gate.waiting:
+                gate.wake()
             conn._finish_close()
             conn._writable_fd()  # raises: closed, or read-only
-        self.owner = threading.get_ident()
+        self.owner = owner
         conn._batch = self
         conn._plain_sock = conn._ready = None
         return self
@@ -1021,7 +1036,10 @@ class Batch:
         finally:
             self.owner = conn._batch = None
             conn._reopen_shortcuts()
-            conn._send_lock.release()
+            gate = conn._send_gate
+            gate.token.append(True)
+            if gate.waiting:
+                gate.wake()
             if conn._closing is not None:
                 conn._finish_close()
 
