@@ -115,6 +115,27 @@ def test_next_payload_reads_as_the_receive_fast_path_does(
     assert decoder.received == len(encode(messages))
 
 
+def test_reads_that_fill_the_buffer_grow_it_on_the_fast_path() -> None:
+    """A stream of 1 KiB frames: each read fills what it is given, until the read-ahead size."""
+    frame = encode([b"x" * 1020])
+    stream = memoryview(frame * 1024)
+    offered: list[int] = []
+
+    def readinto(buf: memoryview) -> int:
+        nonlocal stream
+        offered.append(len(buf))
+        n = min(len(buf), len(stream))
+        buf[:n] = stream[:n]
+        stream = stream[n:]
+        return n
+
+    decoder = FrameDecoder(read_ahead=64 * 1024)
+    while stream or decoder.pending:
+        assert decoder.next_payload(readinto) == b"x" * 1020
+    assert offered[0] == 4096 and max(offered) == 64 * 1024
+    assert decoder.received == len(frame) * 1024
+
+
 @pytest.mark.parametrize("limit", [0, 63])
 def test_next_payload_leaves_a_frame_over_the_limit_to_next_frame(limit: int) -> None:
     decoder = FrameDecoder(max_size=limit)

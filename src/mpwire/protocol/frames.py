@@ -306,7 +306,15 @@ class FrameDecoder:
         if not end:  # empty (then start is 0 too)
             if readinto is None:
                 return None
-            end = self.fill(readinto)
+            if self._grow:
+                end = self.fill(readinto)
+            else:  # fill() inline, one call less: every message read alone comes here
+                read = readinto(self._view)
+                end = _counted(read) if read is None else read
+                self._end = end
+                self.received += end
+                if end == len(self._buf) and end < self._read_ahead:
+                    self._grow = True
         if end - start < 4:
             return None
         size: int = _unpack_short(self._buf, start)[0]
