@@ -225,7 +225,7 @@ def test_user_mistakes_are_one_line(args: list[str], message: str) -> None:
 
 
 def test_bench_quick_writes_json_for_every_scenario_and_a_png(tmp_path: Path) -> None:
-    from mpwire.bench.scenarios import SCENARIOS
+    from mpwire.bench.scenarios import PINNED_ROUNDS, SCENARIOS
 
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
     outputs = ["--json", str(json_path), "--plot", str(png_path)]
@@ -238,9 +238,12 @@ def test_bench_quick_writes_json_for_every_scenario_and_a_png(tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(json_path.read_text())
     assert [entry["name"] for entry in results["scenarios"]] == [s.name for s in SCENARIOS]
+    rounds = results["meta"]["rounds"]
     for entry in results["scenarios"]:
         assert "skipped" not in entry, entry["skipped"]  # the test extra installs them all
         assert not entry["errors"], entry["errors"]
+        runs = rounds * (PINNED_ROUNDS if entry["pinned"] else 1)
+        assert [len(samples) for samples in entry["raw"].values()] == [runs, runs], entry["name"]
         for metric in entry["metrics"]:
             assert all(value is not None for value in metric["median"].values()), entry["name"]
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -40,7 +40,8 @@ Method
     ``send``/``recv``): round trips per second, timed on the client against a
     server that echoes; the ``-pinned`` variant puts both processes on one CPU
     (``os.sched_setaffinity``), so the figure reflects CPU cost per message
-    rather than cross-core wake-up latency;
+    rather than cross-core wake-up latency, and runs three times the rounds
+    (its speed varies with where each process's interpreter is mapped);
   - stream-1KiB: one-way ``send_bytes`` of 1 KiB messages as fast as the
     sender can, messages per second on the receiver between the end of the
     warm-up and the last message (an empty message ends the stream);

@@ -349,7 +349,7 @@ def run(
     timeout = (QUICK_TIMEOUT if quick else DEFAULT_TIMEOUT) if timeout is None else timeout
     results: dict[str, Any] = {"meta": _meta(rounds, quick, timeout, loop), "scenarios": []}
     missing = {s.name: s.missing() for s in chosen}
-    total = sum(len(s.implementations) for s in chosen if not missing[s.name]) * rounds
+    total = sum(len(s.implementations) * s.rounds(rounds) for s in chosen if not missing[s.name])
     done = 0
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mpwire-bench-"))
@@ -376,10 +376,14 @@ def run(
                 results["scenarios"].append(entry)
                 continue
             failures = dict.fromkeys(scenario.implementations, 0)
-            for round_no in range(1, rounds + 1):
+            scenario_rounds = scenario.rounds(rounds)
+            for round_no in range(1, scenario_rounds + 1):
                 for impl in scenario.implementations:
                     done += 1
-                    label = f"[{done:>3}/{total}] {entry['label']} round {round_no}/{rounds} {impl}"
+                    label = (
+                        f"[{done:>3}/{total}] {entry['label']}"
+                        f" round {round_no}/{scenario_rounds} {impl}"
+                    )
                     if failures[impl] >= MAX_FAILURES:
                         if progress:
                             progress(f"{label}: skipped after {failures[impl]} failures")

@@ -34,6 +34,10 @@ class Metric:
     """False for a figure shown for both but not a contest (no ratio)."""
 
 
+PINNED_ROUNDS = 3
+"""How many times the rounds asked for a pinned scenario runs (see Scenario)."""
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A measurement, run once per round and implementation in fresh processes.
@@ -47,6 +51,13 @@ class Scenario:
     quick run when the name spells out counts that quick mode changes.
     ``requires`` lists the modules it needs besides mpwire (numpy, zmq): a
     scenario whose modules are not installed is skipped, and says so.
+
+    A ``pinned`` scenario runs ``PINNED_ROUNDS`` times the rounds asked for.
+    On one CPU, a round's speed depends on where address-space layout
+    randomisation put each process's interpreter: when the two processes'
+    copies of libpython land at addresses that alias in the CPU's branch
+    predictor, the round runs 20-30% slower, whichever library it measures.
+    The median over more pairs of processes covers more placements.
     """
 
     name: str
@@ -71,6 +82,10 @@ class Scenario:
     def missing(self) -> list[str]:
         """The modules in ``requires`` that are not installed."""
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    def rounds(self, asked: int) -> int:
+        """How many rounds to run when ``asked`` are: more for a pinned scenario."""
+        return asked * PINNED_ROUNDS if self.pinned else asked
 
     def label(self, quick: bool) -> str:
         """The name to show for a full or a quick run."""
