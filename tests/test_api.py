@@ -1266,7 +1266,7 @@ def test_messages_read_ahead_are_not_received_after_close(conn_pair: Pair) -> No
 
 
 def test_threads_receiving_together_get_each_message_once_and_in_order() -> None:
-    """Messages read ahead are taken without the receive lock: never twice, never reordered."""
+    """Messages read ahead are taken without the receive gate: never twice, never reordered."""
     a, b = mpwire.Pipe()
     count, receivers = 20_000, 4
     got: list[list[int]] = [[] for _ in range(receivers)]

@@ -62,7 +62,7 @@ def test_one_holder_at_a_time() -> None:
     for thread in threads:
         thread.join()
     assert (most, total) == (1, 12000)
-    assert not gate.locked() and gate.waiting == 0
+    assert not gate.locked() and not gate.waiting
 
 
 def test_acquire_times_out_while_held() -> None:
@@ -167,6 +167,81 @@ def test_a_signal_never_leaves_the_gate_taken(ticking: Callable[..., tuple[int, 
     ticks, leaks = ticking(lock_then_try, lock_left, 300)
     assert ticks == 300 and leaks > 0, "the harness no longer shows acquire()'s gap"
     assert ticking(lambda: hold(gate, lambda: None), gate_left, 300) == (300, 0)
+
+
+def test_a_signal_in_a_waiting_acquire_leaves_nothing_behind(
+    ticking: Callable[..., tuple[int, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signals land in a taker's wait (which looks again every µs here): it leaves cleanly."""
+    monkeypatch.setattr(gate_module, "_RECHECK", 1e-6)
+    gate = Gate()
+    del gate.token[0]  # another holder's, all along
+    stray: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            gate.acquire(0.05)
+        except Tick:
+            raise
+        except BaseException as exc:  # (a RuntimeError from a half-done wait, say)
+            stray.append(exc)
+
+    def counted_left() -> bool:
+        left = bool(gate.waiting)
+        gate.waiting.clear()
+        return left
+
+    assert ticking(wait, counted_left, 100) == (100, 0)
+    assert not stray and gate.locked()
+
+
+def test_a_signal_handler_may_send_while_its_thread_waits_to() -> None:
+    """A handler sends (a goodbye, say) while its thread waits for the same connection.
+
+    Another thread holds the send side in a batch; the main thread waits to
+    send; the signal lands in that wait, and the handler waits too. Once the
+    batch ends, both messages leave.
+    """
+    ours, theirs = Pipe()
+    gate = ours._send_gate
+    held, release = threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    def holder() -> None:
+        with ours.batch():
+            held.set()
+            release.wait()
+
+    def until(condition: Callable[[], object]) -> None:
+        while not condition():
+            time.sleep(0.001)
+
+    def signaller() -> None:
+        until(lambda: gate.waiting)  # the main thread waits to send
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+        until(lambda: sent and gate.waiting)  # and now its handler does
+        release.set()
+
+    def handler(signum: int, frame: object) -> None:
+        sent.append("handler")
+        ours.send_bytes(b"from the handler")
+        sent.append("handler done")
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    threads = [threading.Thread(target=holder), threading.Thread(target=signaller)]
+    try:
+        threads[0].start()
+        held.wait()
+        threads[1].start()
+        ours.send_bytes(b"from main")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        release.set()
+        for thread in threads:
+            thread.join()
+    assert sent == ["handler", "handler done"]
+    assert [theirs.recv_bytes(), theirs.recv_bytes()] == [b"from the handler", b"from main"]
+    assert not gate.locked() and not gate.waiting
 
 
 def test_a_signal_never_leaves_a_connection_busy(ticking: Callable[..., tuple[int, int]]) -> None:

@@ -225,7 +225,7 @@ class Connection:
         self._after_first_send: Callable[[], None] | None = None
         self._batch: Batch | None = None
         self._plain_sock = self._plain_socket()
-        # The decoder's ready payloads, which receives pop without the lock;
+        # The decoder's ready payloads, which receives pop without the gate;
         # None while that is not allowed (closed, or a batch is open).
         self._ready: deque[bytes] | None = self._decoder.ready
         # Set once both ends agreed on shared memory. Receives keep the fds
@@ -635,7 +635,7 @@ class Connection:
     def _write_frame(
         self, payload: _Payload, timeout: float | None, shared: _Shared | None = None
     ) -> None:
-        """Write the frame (the send lock held); a list payload is the frame's parts.
+        """Write the frame (the send gate held); a list payload is the frame's parts.
 
         ``shared``: the shared-memory header to put first, and the memfds to
         pass with it.
@@ -791,7 +791,7 @@ class Connection:
 
         One receiver at a time; a malformed or oversized frame closes. A
         batch this thread holds on the connection is written first (another
-        receiver may hold the lock, waiting for the answer to it).
+        receiver may hold the gate, waiting for the answer to it).
         """
         self._flush_own_batch()
         gate = self._recv_gate
@@ -858,7 +858,7 @@ class Connection:
     def _take(
         self, maxlength: int | None, into: memoryview | None, load: bool, timeout: float | None
     ) -> Any:
-        """Read and decode the next message (the receive lock held)."""
+        """Read and decode the next message (the receive gate held)."""
         readinto = self._readinto or self._reader()
         decoder = self._decoder
         stream = load and timeout is None and self._streams
@@ -1035,13 +1035,15 @@ class Batch:
                 raise OSError("handle is closed: the batch's last frames did not leave")
         finally:
             self.owner = conn._batch = None
-            conn._reopen_shortcuts()
             gate = conn._send_gate
-            gate.token.append(True)
-            if gate.waiting:
-                gate.wake()
-            if conn._closing is not None:
-                conn._finish_close()
+            try:
+                conn._reopen_shortcuts()  # (before other senders may look at them)
+            finally:
+                gate.token.append(True)
+                if gate.waiting:
+                    gate.wake()
+                if conn._closing is not None:
+                    conn._finish_close()
 
     def add(self, payload: _Payload, shared: _Shared | None) -> None:
         """Queue a frame (a shared-memory one goes at once, after what is queued)."""

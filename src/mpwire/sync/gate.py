@@ -11,7 +11,8 @@ A :class:`Gate`'s token is the one item of a list. ``del gate.token[0]``
 takes it (IndexError: another holder has it) in one bytecode that runs no
 handler, and nor do the jump and the ``try`` that follow it; giving it back
 is ``gate.token.append(True)``, after which a handler may run. Takers that
-find the token gone wait in :meth:`Gate.acquire`. So a caller writes::
+find the token gone wait in :meth:`Gate.acquire`, and a give-back wakes
+one. So a caller writes::
 
     try:
         del gate.token[0]
@@ -30,6 +31,7 @@ signal handler its chance before its first line.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -38,61 +40,76 @@ __all__ = ["Gate"]
 _RECHECK = 1.0
 """Seconds a waiter sleeps before it looks at the token again, woken or not.
 
-A signal handler's exception can land between a release's append and its
-wake(); the waiter then finds the token at its next look.
+A signal handler's exception can land between a give-back's append and its
+wake(), or in a waiter that was rung; the others then find the token at
+their next look.
 """
 
 
 class Gate:
-    """Mutual exclusion for one holder at a time; see the module's docstring for its use."""
+    """Mutual exclusion for one holder at a time; see the module's docstring for its use.
 
-    __slots__ = ("_changed", "token", "waiting")
+    Waiters sleep on a doorbell, a plain lock that a give-back releases
+    (rings) when someone waits. Every step of it is a single C call, so a
+    signal's exception can at worst use up a ring, which the other waiters
+    make up for at their next look. The guarantee assumes no Python-level
+    tracer (pdb, a pure-Python coverage tracer): one runs its own code
+    between the take and the ``try``, and a signal can land there.
+    """
+
+    __slots__ = ("_doorbell", "token", "waiting")
 
     def __init__(self) -> None:
         self.token: list[bool] = [True]
         """Holds one item while the gate is free."""
-        self.waiting = 0
-        """Takers waiting in acquire(): a release wakes one if any."""
-        self._changed = threading.Condition(threading.Lock())
+        self.waiting: list[None] = []
+        """One item per taker waiting in acquire(): a give-back then calls wake()."""
+        self._doorbell = threading.Lock()
+        self._doorbell.acquire()  # held: nobody rang
 
     def locked(self) -> bool:
         """Whether a holder has the token."""
         return not self.token
 
     def acquire(self, timeout: float | None = None) -> bool:
-        """Take the token, waiting ``timeout`` seconds at most (None: no limit).
+        """Take the token, waiting ``timeout`` seconds at most.
 
-        Returns False if it did not come in time. The token is taken last,
+        None waits as long as it takes; zero, less, or NaN does not wait.
+        Returns False if the token did not come in time. It is taken last,
         with nothing after it that runs a signal handler.
         """
         token = self.token
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 del token[0]
                 return True
             except IndexError:
                 pass
-            if not self._wait(deadline):
-                return False
-
-    def _wait(self, deadline: float | None) -> bool:
-        """Wait until the token is back (it may be gone again by the time the caller looks)."""
-        with self._changed:
-            self.waiting += 1
+            wait = _RECHECK
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if not left > 0:
+                    return False
+                wait = min(wait, left)
             try:
-                while not self.token:
-                    wait = _RECHECK
-                    if deadline is not None:
-                        wait = min(wait, deadline - time.monotonic())
-                        if wait <= 0:
-                            return False
-                    self._changed.wait(wait)
-            finally:
-                self.waiting -= 1
-        return True
+                self._wait(wait)
+            except BaseException as exc:
+                # Not "during handling of IndexError": that only said the token was gone.
+                exc.__suppress_context__ = True
+                raise
+
+    def _wait(self, seconds: float) -> None:
+        """Wait once, for a ring or ``seconds``; the caller looks at the token again."""
+        waiting = self.waiting
+        try:
+            waiting.append(None)
+            if not self.token:  # (given back before we were counted: no ring comes)
+                self._doorbell.acquire(True, seconds)
+        finally:
+            waiting.pop()
 
     def wake(self) -> None:
-        """Wake a waiter (the token was just given back)."""
-        with self._changed:
-            self._changed.notify()
+        """Ring the doorbell (the token was just given back): a waiter looks again."""
+        with contextlib.suppress(RuntimeError):  # rung already
+            self._doorbell.release()

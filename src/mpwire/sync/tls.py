@@ -105,7 +105,7 @@ class TLSSocket:
     def send(self, data: bytes | memoryview, flags: int = 0) -> int:
         """Encrypt all of ``data`` and send it; return its length.
 
-        Only one thread sends at a time (the Connection's send lock), so the
+        Only one thread sends at a time (the Connection's send gate), so the
         records leave in order. ``flags`` are ignored: sends never raise SIGPIPE.
         """
         with self._lock:
