@@ -332,7 +332,7 @@ class Connection:
             return
         self._handle = self._readinto = self._write_fd = self._plain_sock = self._ready = None
         self._closing = handle
-        busy = self._polling or not self._recv_gate.token or not self._send_gate.token
+        busy = self._polling or self._recv_gate.locked() or self._send_gate.locked()
         if self._sock is not None and busy:
             self._received_at_shutdown = self._decoder.received
             with contextlib.suppress(OSError):  # not connected any more: nothing to wake
@@ -345,7 +345,7 @@ class Connection:
         A call that takes its gate after close() began finds the connection
         closed before it touches the fd, so seeing both gates free is enough.
         """
-        if self._polling or not self._recv_gate.token or not self._send_gate.token:
+        if self._polling or self._recv_gate.locked() or self._send_gate.locked():
             return
         with self._close_lock:
             handle, self._closing = self._closing, None
