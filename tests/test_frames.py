@@ -16,7 +16,11 @@ from mpwire.protocol.frames import (
     LARGEST_SHORT,
     SPLIT_COUNT,
     FrameDecoder,
+    LargeFrame,
+    PayloadReader,
+    SharedEntry,
     encode_header,
+    encode_shared_header,
 )
 
 # Hypothesis re-runs a failing example while shrinking it, so a hang would outlast a
@@ -58,6 +62,82 @@ def test_any_split_of_any_stream_decodes_to_the_same_messages(
     assert not decoder.pending
     assert decoder.received == len(encode(messages))
     assert isinstance(decoder.eof_error(), EOFError)
+
+
+def shared_memory_message(payload: bytes, count: int) -> bytes:
+    return encode_shared_header([SharedEntry(0, 0, 1)] * count) + encode([payload])
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=600), st.sampled_from(["plain", "long", "shared", "mark"])),
+        max_size=10,
+    ),
+    st.lists(st.integers(min_value=1, max_value=700), min_size=1),
+    st.sampled_from([16, 64, 4096]),
+    st.booleans(),
+)
+def test_exact_reads_never_pass_the_end_of_a_message(
+    messages: list[tuple[bytes, str]], sizes: list[int], read_ahead: int, stream: bool
+) -> None:
+    """An exact decoder, read by a kernel that gives at most what it is asked, takes
+    no byte of the next message before it has returned the one before."""
+    chunks = []
+    for payload, form in messages:
+        if form == "long":
+            chunks.append(struct.pack("!iQ", -1, len(payload)) + payload)
+        elif form == "shared":
+            chunks.append(shared_memory_message(payload, 1 + len(payload) % 3))
+        elif form == "mark":
+            chunks.append(DESCRIPTORS_FOLLOW + encode([payload]))
+        else:
+            chunks.append(encode([payload]))
+    ends = list(itertools.accumulate(map(len, chunks)))
+    data = memoryview(b"".join(chunks))
+    decoder = FrameDecoder(read_ahead=read_ahead)
+    decoder.exact = decoder.accept_shared = True
+    got: list[bytes] = []
+    reads = itertools.cycle(sizes)
+
+    def readinto(buf: memoryview) -> int:
+        n = min(len(buf), next(reads), len(data) - decoder.received)
+        buf[:n] = data[decoder.received : decoder.received + n]
+        return n
+
+    while len(got) < len(messages):
+        frame = decoder.next_frame(None, None, stream)
+        if frame is None:
+            assert decoder.fill(readinto), "asked for bytes past the end of the stream"
+        else:
+            if isinstance(frame, LargeFrame):
+                reader = PayloadReader(frame, readinto, decoder)
+                frame = reader.read()
+            got.append(bytes(frame))
+            decoder.shared = None
+            assert decoder.received == ends[len(got) - 1], "read into the next message"
+            assert not decoder.pending
+    assert got == [payload for payload, _ in messages]
+
+
+@settings(max_examples=100)
+@given(payloads, st.lists(st.integers(min_value=1, max_value=50), min_size=1))
+def test_exact_leases_end_where_the_message_ends(messages: list[bytes], sizes: list[int]) -> None:
+    """get_buffer() of an exact decoder (asyncio's way in) stops at the message's end."""
+    data = memoryview(encode(messages))
+    ends = list(itertools.accumulate(len(encode([m])) for m in messages))
+    decoder = FrameDecoder(read_ahead=32)
+    decoder.exact = True
+    got: list[bytes] = []
+    while len(got) < len(messages):
+        buf = decoder.get_buffer()
+        n = min(len(buf), sizes[len(got) % len(sizes)])
+        buf[:n] = data[decoder.received : decoder.received + n]
+        decoder.buffer_updated(n)
+        for frame in drain(decoder):
+            got.append(frame)
+            assert decoder.received == ends[len(got) - 1]
+    assert got == messages
 
 
 @settings(max_examples=200)
@@ -152,7 +232,6 @@ def test_next_payload_splits_the_small_payloads_behind_it_off_to_ready() -> None
     assert decoder.next_payload() == b"one"
     # A payload over the limit stops the split: next_frame() refuses it in turn.
     assert list(decoder.ready) == [b"two", b"x" * 100]
-    assert decoder.pending_bytes() == encode(messages[1:])
     assert decoder.next_payload() == b"two"
     with pytest.raises(MessageTooLong):
         decoder.next_frame(99)
@@ -241,15 +320,15 @@ def test_limits_refuse_a_forged_length_before_any_payload(size: int) -> None:
 
 
 def test_the_descriptors_mark_is_told_before_the_next_frame() -> None:
-    told: list[int] = []
+    told: list[bool] = []
     decoder = FrameDecoder()
     decoder.accept_shared = True
-    decoder.on_descriptors = lambda: told.append(len(decoder.pending_bytes()))
+    decoder.on_descriptors = lambda: told.append(decoder.pending)
     decoder.feed(DESCRIPTORS_FOLLOW + encode([b"after"]) + DESCRIPTORS_FOLLOW)
     assert decoder.next_frame() == b"after"
-    assert told == [13]  # before the frame was taken
+    assert told == [True]  # before the frame was taken
     assert decoder.next_frame() is None
-    assert told == [13, 0] and not decoder.pending
+    assert told == [True, False] and not decoder.pending
 
 
 def test_the_descriptors_mark_is_a_frame_error_unless_shared_memory_was_agreed() -> None:
@@ -285,13 +364,26 @@ def test_feed_past_a_complete_large_frame() -> None:
     assert drain(decoder) == [b"L" * 100, b"small", b"M" * 50]
 
 
-def test_pending_bytes_hand_over_the_stream() -> None:
+def test_take_pending_hands_over_the_stream() -> None:
     decoder = FrameDecoder()
     decoder.feed(encode([b"one", b"two"]) + b"\0\0")
     assert decoder.next_frame() == b"one"
-    other = FrameDecoder(initial=decoder.pending_bytes())
+    other = FrameDecoder(initial=decoder.take_pending())
+    assert not decoder.pending
     other.feed(b"\0\1z")
     assert drain(other) == [b"two", b"z"]
+
+
+def test_take_pending_hands_over_a_large_payload_in_progress() -> None:
+    payload = bytes(range(256)) * 100
+    decoder = FrameDecoder(read_ahead=1024)
+    decoder.feed(encode([b"ready"]) + encode_header(len(payload)) + payload[:3000])
+    assert decoder.next_frame() == b"ready"
+    assert decoder.next_frame() is None  # the large payload has begun
+    other = FrameDecoder(initial=decoder.take_pending())
+    assert not decoder.pending
+    other.feed(payload[3000:])
+    assert drain(other) == [payload]
 
 
 def test_buffer_updated_needs_a_lease() -> None:

@@ -808,9 +808,9 @@ def _tcp_pair() -> tuple[mpwire.Connection, mpwire.Connection]:
 
 
 PAIRS: dict[str, PairMaker] = {
-    # (the end that blocks receiving, the end that blocks sending)
+    # (the end that blocks receiving, the end that blocks sending). Sockets only: a
+    # one-way Pipe is an os.pipe(), as the stdlib's, and nothing can shut a pipe down.
     "pipe": lambda: mpwire.Pipe(),
-    "one-way": lambda: mpwire.Pipe(duplex=False),
     "tcp": _tcp_pair,
 }
 

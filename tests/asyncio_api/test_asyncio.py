@@ -10,6 +10,7 @@ import os
 import pickle
 import socket
 from collections.abc import AsyncIterator
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -320,11 +321,23 @@ async def test_wrap_a_pipe_shared_with_a_child(make_pipe: Any, duplex: bool) -> 
 
 
 async def test_wrap_refuses_to_read_an_end_that_agreed_on_shared_memory() -> None:
-    reader, writer = mpwire.Pipe(duplex=False)
+    reader, writer = mpwire.Pipe()
     with reader, writer:
         with pytest.raises(ValueError, match="shared_memory=False"):
             await mpa.wrap(reader)
         assert not reader.closed
+
+
+async def test_wrap_refuses_an_end_that_other_processes_may_hold() -> None:
+    reader, writer = mpwire.Pipe(duplex=False)
+    with reader, writer:
+        # Passed on (here, to this process again): the end is shared from now on.
+        pickle.loads(ForkingPickler.dumps(writer)).close()
+        with pytest.raises(ValueError, match="other processes"):
+            await mpa.wrap(writer)
+        assert not writer.closed
+        conn = await mpa.wrap(reader)  # the reader was not passed on
+        await conn.aclose()
 
 
 async def test_wrap_keeps_bytes_read_ahead() -> None:

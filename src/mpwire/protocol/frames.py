@@ -49,6 +49,7 @@ _SHARED = -2
 _DESCRIPTORS = -3
 _COUNT = struct.Struct("!I")
 _ENTRY = "BQQ"
+_ENTRY_SIZE = struct.calcsize("!" + _ENTRY)
 
 DESCRIPTORS_FOLLOW = _SHORT.pack(_DESCRIPTORS)
 """The mark after which file descriptors may come with the bytes (agreed peers only)."""
@@ -79,6 +80,15 @@ GROWTH_STEP = 1 << 20
 
 ReadInto = Callable[[memoryview], int | None]
 """A blocking ``readinto``: the count read, 0 at end of stream (None: would block)."""
+
+
+def _drain(ready: deque[bytes]) -> list[bytes]:
+    """Pop every payload off ``ready``: each goes to this caller or to a concurrent popper, once."""
+    taken = []
+    with contextlib.suppress(IndexError):
+        while True:
+            taken.append(ready.popleft())
+    return taken
 
 
 def _counted(received: int | None) -> int:
@@ -137,6 +147,11 @@ class FrameDecoder:
     caller's buffer, with ``into``), grown as bytes actually
     arrive, so a forged length reserves at most ``GROWTH_STEP`` bytes.
 
+    With ``exact`` set, reads stop at the end of the message being decoded:
+    nothing is read ahead, so the bytes of later messages stay where other
+    readers of the same stream can take them (an end shared between
+    processes, see :mod:`mpwire.sync.sharing`).
+
     With ``accept_shared`` set, a shared-memory header is taken too: the
     next frame then comes with :attr:`shared`, its buffers' entries, which
     the caller takes (and resets to None) with the frame. So is the mark
@@ -157,6 +172,7 @@ class FrameDecoder:
         "_start",
         "_view",
         "accept_shared",
+        "exact",
         "max_size",
         "on_descriptors",
         "ready",
@@ -183,6 +199,7 @@ class FrameDecoder:
         self._sink: io.BytesIO | None = None
         self._into: memoryview | None = None
         self._lease: memoryview | None = None
+        self.exact = False
         self.accept_shared = False
         self.shared: list[SharedEntry] | None = None
         self.on_descriptors: Callable[[], None] | None = None
@@ -199,12 +216,34 @@ class FrameDecoder:
     def _mid_frame(self) -> bool:
         return self._end > self._start or self._size > 0 or self.shared is not None
 
-    def pending_bytes(self) -> bytes:
-        """The received bytes not returned yet, to hand this stream to another decoder."""
-        if self._size or self.shared is not None:
+    def take_pending(self) -> bytes:
+        """The received bytes not returned yet, as they came, leaving the decoder empty.
+
+        For handing the stream over to another reader, which must read these
+        bytes before anything still in the stream. A large payload in
+        progress goes too: its header and the part received. Not in the
+        middle of a shared-memory message (its descriptors cannot go along).
+        """
+        if self.shared is not None:
             raise ValueError("cannot hand over a stream in the middle of a message")
-        ready = [encode_short_header(len(payload)) + payload for payload in tuple(self.ready)]
-        return b"".join(ready) + self._view[self._start : self._end]
+        parts = [encode_header(len(payload)) + payload for payload in _drain(self.ready)]
+        parts.append(self._view[self._start : self._end].tobytes())
+        if self._size:
+            self.release_target()
+            assert self._sink is not None
+            parts.append(encode_header(self._size))
+            parts.append(self._sink.getbuffer()[: self._got].tobytes())
+            self._size = self._got = 0
+            self._sink = None
+        self._start = self._end = 0
+        return b"".join(parts)
+
+    def clear(self) -> None:
+        """Drop every received byte not returned yet (another reader has them)."""
+        self.ready.clear()
+        self._start = self._end = self._size = self._got = 0
+        self._sink = self._into = None
+        self.shared = None
 
     def eof_error(self) -> Exception:
         """The exception for an end of stream now: clean between frames, or not."""
@@ -216,7 +255,7 @@ class FrameDecoder:
         """Add bytes received by other means."""
         data = memoryview(data).cast("B")
         while data:
-            buf = self.get_buffer()
+            buf = self._lease = self._space(False)
             n = min(len(buf), len(data))
             buf[:n] = data[:n]
             self.buffer_updated(n)
@@ -234,10 +273,9 @@ class FrameDecoder:
             self.received += received
             return received
         end = self._end
-        if end or self._grow:
-            self._make_room()
+        if end or self._grow or self.exact:
+            read = readinto(self._space(self.exact))
             end = self._end
-            read = readinto(self._view[end:])
         else:
             read = readinto(self._view)
         received = _counted(read) if read is None else read
@@ -250,13 +288,17 @@ class FrameDecoder:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Writable memory for the next received bytes; valid until buffer_updated()."""
+        self._lease = self._space(self.exact)
+        return self._lease
+
+    def _space(self, exact: bool) -> memoryview:
+        """The memory the next bytes go to (only up to the message's end if ``exact``)."""
         self._release_lease()
         if self._got < self._size:
-            self._lease = self._large_buffer()
-        else:
-            self._make_room()
-            self._lease = self._view[self._end :]
-        return self._lease
+            return self._large_buffer()
+        self._make_room()
+        end = self._end
+        return self._view[end : end + self._wanted()] if exact else self._view[end:]
 
     def buffer_updated(self, nbytes: int) -> None:
         """Record that ``nbytes`` bytes were written at the start of the last buffer."""
@@ -269,6 +311,29 @@ class FrameDecoder:
             self._got += nbytes
         else:
             self._end += nbytes
+
+    def _wanted(self) -> int:
+        """How many bytes the stream holds before the end of the message being decoded.
+
+        What an exact read may take (the read-ahead buffer may hold fewer):
+        the rest of the frame's header, or of its payload once the header is
+        whole; a shared-memory header counts as part of its frame's header.
+        Only asked while no whole message waits (next_frame() returned None).
+        """
+        buf, at, end = self._buf, self._start, self._end
+        if end - at >= 4 and self.accept_shared and _unpack_short(buf, at)[0] == _SHARED:
+            if end - at < 8:
+                return at + 8 - end
+            at += 8 + _ENTRY_SIZE * _COUNT.unpack_from(buf, at + 4)[0]
+        if end - at < 4:
+            return at + 4 - end
+        size: int = _unpack_short(buf, at)[0]
+        if size != -1:
+            return at + 4 + size - end
+        if end - at < 12:
+            return at + 12 - end
+        long_size: int = _LONG.unpack_from(buf, at + 4)[0]
+        return at + 12 + long_size - end
 
     def _make_room(self) -> None:
         """Free the read-ahead buffer's tail: compact it, and grow it as needed."""
@@ -306,6 +371,8 @@ class FrameDecoder:
         if not end:  # empty (then start is 0 too)
             if readinto is None:
                 return None
+            if self.exact:
+                return self._next_exact(readinto)
             if self._grow:
                 end = self.fill(readinto)
             else:  # fill() inline, one call less: every message read alone comes here
@@ -327,6 +394,28 @@ class FrameDecoder:
         else:
             self._split(stop, end)
         return payload
+
+    def _next_exact(self, readinto: ReadInto) -> bytes | None:
+        """next_payload() for an exact decoder: read the header, then the payload."""
+        view = self._view
+        read = readinto(view[:4])
+        end = _counted(read) if read is None else read
+        self._end = end
+        self.received += end
+        if end < 4:
+            return None
+        size: int = _unpack_short(self._buf, 0)[0]
+        if size < 0 or size > len(view) - 4 or (self.max_size is not None and size > self.max_size):
+            return None
+        if size:
+            read = readinto(view[4 : 4 + size])
+            received = _counted(read) if read is None else read
+            self._end = end = 4 + received
+            self.received += received
+            if received < size:
+                return None
+        self._end = 0
+        return view[4:end].tobytes()
 
     def _split(self, start: int, end: int) -> None:
         """Move the whole small plain frames from ``start`` on (SPLIT_COUNT at most) to ready."""

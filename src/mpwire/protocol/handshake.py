@@ -355,4 +355,4 @@ class FramedHandshake:
 
     def leftover(self) -> bytes:
         """What the peer sent after the handshake, once it is done."""
-        return self._decoder.pending_bytes()
+        return self._decoder.take_pending()

@@ -54,7 +54,7 @@ from ..serialize import (
     get_serializer,
     inline_buffers,
 )
-from . import shm
+from . import sharing, shm
 from .gate import Gate
 from .tls import TLSSocket
 
@@ -219,7 +219,14 @@ class Connection:
         self._serializer = get_serializer(serializer)
         # Pickles can be unpickled as they arrive; other formats need the whole message.
         self._streams = isinstance(self._serializer, PickleSerializer)
+        # The receive path's readinto, made on first use; and the fast path's,
+        # the same while the fd is open.
+        self._source: ReadInto | None = None
         self._readinto: ReadInto | None = None
+        # Whether other processes may hold this end (see mpwire.sync.sharing),
+        # and the bytes this process read ahead before, which all read first.
+        self._shared = False
+        self._spill: sharing.Spill | None = None
         # The fd while open and writable, so one test guards the send path.
         self._write_fd = fd if writable else None
         self._after_first_send: Callable[[], None] | None = None
@@ -235,6 +242,7 @@ class Connection:
         self._reading_fds = False
         self._marked = False
         self._send_budget: shm.SendBudget | None = None
+        sharing.register(self)
 
     def _use_shared_memory(self) -> None:
         """Send and receive large pickled buffers as memfds (both ends agreed to).
@@ -265,6 +273,8 @@ class Connection:
         assert self._fd_reader is not None
         if not self._reading_fds:
             self._reading_fds = True
+            if self._source is not None:
+                self._source = self._fd_reader
             if self._readinto is not None:
                 self._readinto = self._fd_reader
         elif self._fd_reader.fds:
@@ -360,6 +370,8 @@ class Connection:
                     os.close(handle)
                 if self._fd_reader is not None:
                     shm.close_all(self._fd_reader.fds)
+                if self._spill is not None:
+                    self._spill.close()
 
     def _reset_if_unread_after_shutdown(self, sock: socket.socket | TLSSocket) -> None:
         """Make the close a TCP reset if a call read bytes after close() shut the socket down,
@@ -394,14 +406,25 @@ class Connection:
     def _reader(self) -> ReadInto:
         """The receive path's readinto, made on first use of an open, readable fd."""
         fd = self._readable_fd()
-        if self._fd_reader is not None and self._reading_fds:
-            self._readinto = self._fd_reader
-        elif self._tls:
-            assert self._sock is not None
-            self._readinto = self._sock.recv_into
-        else:
-            self._readinto = io.FileIO(fd, "rb", closefd=False).readinto
-        return self._readinto
+        source = self._source
+        if source is None:
+            if self._fd_reader is not None and self._reading_fds:
+                source = self._fd_reader
+            elif self._tls:
+                assert self._sock is not None
+                source = self._sock.recv_into
+            else:
+                source = io.FileIO(fd, "rb", closefd=False).readinto
+            if self._spill is not None:
+                source = self._spill.reader(source, self._spill_spent)
+            self._source = source
+        self._readinto = source
+        return source
+
+    def _spill_spent(self, then: ReadInto) -> None:
+        self._source = then
+        if self._readinto is not None:
+            self._readinto = then
 
     def _writable_fd(self) -> int:
         fd = self._fd()
@@ -873,7 +896,7 @@ class Connection:
                         and not _ready(self._fd(), select.POLLIN, deadline)
                     ):
                         break  # what arrived of the message stays buffered
-                    readinto = self._readinto or readinto  # (a mark may switch it)
+                    readinto = self._source or readinto  # (a mark or a spent spill switch it)
                     if not decoder.fill(readinto):
                         raise decoder.eof_error()
                     frame = decoder.next_frame(maxlength, into, stream)
@@ -893,7 +916,7 @@ class Connection:
         if not load:
             return frame
         if isinstance(frame, LargeFrame):
-            return self._load_streamed(frame, self._readinto or readinto, buffers)
+            return self._load_streamed(frame, self._source or readinto, buffers)
         if buffers is not None:
             return self._serializer.loads(frame, buffers)  # type: ignore[arg-type,call-arg]
         return self._serializer.loads(frame)  # type: ignore[arg-type]  # bytes: no `into`
@@ -961,6 +984,8 @@ class Connection:
         poller.register(fd, select.POLLIN)
         self._polling += 1
         try:
+            if self._spill_waiting():
+                return True
             return bool(poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))))
         finally:
             self._polling -= 1
@@ -968,10 +993,77 @@ class Connection:
                 self._finish_close()
 
     def _has_buffered(self) -> bool:
-        """Whether a read-ahead (or TLS) holds bytes that the fd no longer shows."""
+        """Whether a read-ahead (or TLS, or a spill) holds bytes that the fd does not show."""
         if self._handle is None or not self._readable:
             return False
-        return self._decoder.pending or self._tls_buffered()
+        return self._decoder.pending or self._tls_buffered() or self._spill_waiting()
+
+    def _spill_waiting(self) -> bool:
+        """Whether the bytes read ahead before the end was shared are not all taken yet."""
+        return self._spill is not None and self._spill.waiting()
+
+    # -- sharing with other processes ------------------------------------
+
+    def _share(self) -> bool:
+        """Other processes may hold this end from now on: read no message ahead.
+
+        Reads stop at the end of the message being decoded, so the next one
+        stays in the kernel for whichever holder asks first. What was read
+        ahead goes into a spill that every holder reads first. False if that
+        could not be done: another thread is receiving (its call keeps what
+        it reads), or a shared-memory message is half received (its
+        descriptors cannot go along); this process keeps those bytes.
+        """
+        if self._shared:
+            return True
+        self._shared = True
+        if self._handle is None or not self._readable or self._tls:
+            return True
+        self._readinto = None  # remade (by _take()) once the reads take no message ahead
+        self._decoder.exact = True
+        if self._fd_reader is not None:
+            self._reading_fds = True  # any holder's read may bring descriptors
+            self._source = self._fd_reader  # (for a receive under way in another thread)
+        gate = self._recv_gate
+        try:
+            del gate.token[0]
+        except IndexError:
+            return False
+        try:
+            self._source = None  # remade by _reader(): the spill first, if any
+            try:
+                pending = self._decoder.take_pending()
+            except ValueError:
+                return False
+            if pending:
+                try:
+                    self._spill = sharing.Spill.of(pending)
+                except BaseException:
+                    self._decoder.feed(pending)
+                    raise
+            return True
+        finally:
+            gate.token.append(True)
+            if gate.waiting:
+                gate.wake()
+
+    def _forget_unread(self) -> None:
+        """In a child forked while the parent kept unread bytes: they are the parent's."""
+        self._decoder.clear()
+        if self._fd_reader is not None:
+            shm.close_all(self._fd_reader.fds)
+
+    def _forget_calls_under_way(self) -> None:
+        """In a forked child: the calls other threads had under way are the parent's."""
+        if self._recv_gate.locked():
+            self._recv_gate = Gate()
+        if self._send_gate.locked():
+            self._send_gate = Gate()
+            self._batch = None
+            self._reopen_shortcuts()
+        self._polling = 0
+        if self._closing is not None:
+            self._finish_close()
 
     def _tls_buffered(self) -> bool:
         """Whether the TLS layer holds decrypted bytes not read yet."""
@@ -1088,31 +1180,43 @@ class Batch:
 
 
 def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
-    """Pickle support: the fd travels as multiprocessing sends fds, with any read-ahead."""
+    """Pickle support: the fd travels as multiprocessing sends fds.
+
+    The end is shared from now on (see :mod:`mpwire.sync.sharing`): what
+    this process read ahead travels as a spill both processes read first.
+    """
     if conn._tls:
         raise TypeError("a TLS connection cannot be passed to another process")
     if conn._fd_reader is not None and conn._fd_reader.fds:
         raise ValueError("cannot pass a connection on while file descriptors wait in it")
-    df = reduction.DupFd(conn.fileno())
+    fd = conn.fileno()
+    was_shared = conn._shared
+    if not conn._share() or (was_shared and conn._decoder.pending):
+        raise ValueError("cannot pass a connection on in the middle of receiving a message")
+    spill = conn._spill
+    spilled = None
+    if spill is not None and spill.waiting():
+        spilled = (reduction.DupFd(spill.fd), spill.size)
     serializer = None if conn._serializer is PICKLE else conn._serializer
-    shared = (conn._reading_fds, conn._marked) if conn.shared_memory else None
-    state = (conn._decoder.pending_bytes(), conn.max_message_size, serializer, shared)
-    return rebuild_connection, (df, conn.readable, conn.writable, *state)
+    shared = conn._marked if conn.shared_memory else None
+    state = (spilled, conn.max_message_size, serializer, shared)
+    return rebuild_connection, (reduction.DupFd(fd), conn.readable, conn.writable, *state)
 
 
 def rebuild_connection(
     df: Any,
     readable: bool,
     writable: bool,
-    pending: bytes = b"",
+    spilled: tuple[Any, int] | None = None,
     max_message_size: int | None = None,
     serializer: Serializer | None = None,
-    shared_memory: tuple[bool, bool] | None = None,
+    marked: bool | None = None,
 ) -> Connection:
-    """Unpickle a Connection made by reduce_connection().
+    """Unpickle a Connection made by reduce_connection(): an end shared with its sender.
 
-    ``shared_memory``: None, or whether this end reads descriptors yet and
-    whether it sent its mark that descriptors follow.
+    ``spilled``: the spill the sender made of what it read ahead, and its
+    size. ``marked``: None unless shared memory is on, else whether the
+    sender's end sent its mark that descriptors follow.
     """
     conn = Connection(
         df.detach(),
@@ -1120,11 +1224,14 @@ def rebuild_connection(
         writable,
         max_message_size=max_message_size,
         serializer=serializer,
-        shared_memory=shared_memory is not None,
+        shared_memory=marked is not None,
     )
-    if shared_memory is not None and conn.shared_memory:
-        conn._reading_fds, conn._marked = shared_memory
-    conn._decoder.feed(pending)
+    if marked is not None and conn.shared_memory:
+        conn._marked = marked
+    if spilled is not None:
+        spill_df, size = spilled
+        conn._spill = sharing.Spill(spill_df.detach(), size)
+    conn._share()
     return conn
 
 
