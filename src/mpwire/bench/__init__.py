@@ -10,7 +10,8 @@ Run ``mpwire bench`` (``--quick``, ``--rounds N``, ``--only SUBSTRING``,
 Method
 ------
 * Every measurement runs in fresh processes, a server and a client (or several
-  client processes), started with ``subprocess`` (``python -m
+  client processes, or a server alone that starts its own processes with
+  multiprocessing), started with ``subprocess`` (``python -m
   mpwire.bench._worker``). The implementation is passed by name ("stdlib" ->
   ``multiprocessing.connection``, "mpwire" -> ``mpwire.connection``,
   "mpwire.asyncio" -> ``mpwire.asyncio``, "pyzmq" ->
@@ -45,6 +46,19 @@ Method
   - stream-1KiB: one-way ``send_bytes`` of 1 KiB messages as fast as the
     sender can, messages per second on the receiver between the end of the
     warm-up and the last message (an empty message ends the stream);
+  - stream-1KiB-shared-4readers: the same stream into one end of a
+    ``Pipe(duplex=False)`` (``/pipe``) or ``Pipe()`` (``/duplex-pipe``) of
+    the implementation, read by 4 processes that each take one message at a
+    time with ``recv_bytes()`` under a shared ``multiprocessing.Lock``, as
+    multiprocessing's Queue, SimpleQueue and Pool do. The server process
+    makes the Pipe and the Lock and starts a writer and the 4 readers
+    (``fork``), handing each its end as a Process argument. Messages per
+    second of all the readers together, on the machine's monotonic clock.
+    The messages are numbered and each reader stops at an empty message (one
+    per reader): the measurement fails, naming what went missing, unless
+    every message was taken exactly once and every reader stopped, and gives
+    up after a few seconds without a message taken (an implementation that
+    reads ahead strands messages in one reader's memory);
   - for both, the timed messages are split into a few consecutive batches and
     the pair's figure is the median batch rate, so a moment of interference
     from other work on the machine does not decide it (the JSON also has every

@@ -9,6 +9,10 @@ for that file and connects. Each side writes ``{"ok": true, "result": {...}}``
 (or ``{"ok": false, "error": ...}``) to its ``result`` file: the harness's own
 reporting goes through files, never through the connection being measured.
 
+The shared-reader stream has a server alone: it makes the implementation's
+Pipe() and starts the writer and reader processes itself, with
+multiprocessing; they report to it through files too.
+
 mpwire.asyncio servers and clients run on the event loop the spec names
 ("auto": uvloop when installed); their results say which. The clients
 scenario's client processes are mpwire.asyncio whatever the server, and meet
@@ -21,10 +25,13 @@ import asyncio
 import contextlib
 import importlib
 import importlib.metadata
+import itertools
 import json
+import multiprocessing
 import os
 import resource
 import statistics
+import struct
 import sys
 import time
 import traceback
@@ -101,6 +108,24 @@ def _write_json(path: str, data: Any) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f)
     os.replace(tmp, path)
+
+
+def _outcome(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``{"ok": true, "result": work()}``, or ``{"ok": false, "error": ...}`` if it raised."""
+    try:
+        return {"ok": True, "result": work()}
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        return {"ok": False, "error": error, "traceback": traceback.format_exc()}
+
+
+def read_outcome(path: Path) -> dict[str, Any]:
+    """What a process wrote to its result file; ``{"ok": false, "error": None}`` if nothing."""
+    try:
+        outcome: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"ok": False, "error": None}
+    return outcome
 
 
 def _announce(spec: dict[str, Any], address: Any) -> None:
@@ -276,6 +301,180 @@ def client_stream(conn: Any, params: dict[str, Any]) -> dict[str, Any]:
     if conn.recv_bytes() != b"done":
         raise RuntimeError("receiver did not acknowledge")
     return {}
+
+
+# -- one reader end shared by several processes, as multiprocessing's Queue and Pool read ----------
+
+_NUMBER = struct.Struct("<Q")
+"""The number at the start of each message of the shared-reader stream."""
+
+STALL_SECONDS = 5.0
+"""A shared-reader measurement gives up once no reader has taken a message for this long."""
+
+
+def _in_child(result_path: str, work: Callable[..., dict[str, Any]], *args: Any) -> None:
+    """The target of a process the server starts: ``work(*args)``, its outcome to a file.
+
+    Exits with 1 if ``work`` raised: a failed process shows at once in its exit code.
+    """
+    outcome = _outcome(lambda: work(*args))
+    _write_json(result_path, outcome)
+    if not outcome["ok"]:
+        sys.exit(1)
+
+
+def shared_reader(
+    conn: Any, lock: Any, seen: Any, marks: dict[int, int], times: Any, size: int
+) -> dict[str, Any]:
+    """Take messages from the shared end, each recv_bytes() under ``lock``, until an empty one.
+
+    Counts each message's number in ``seen`` (shared by the readers: every
+    count must end at 1), and stores the time at which a message in ``marks``
+    (number -> index) arrived in ``times``: the ends of the timed batches.
+    A message of another size or number than sent fails at once.
+    """
+    recv, unpack = conn.recv_bytes, _NUMBER.unpack_from
+    sent = len(seen)
+    received = 0
+    while True:
+        with lock:
+            data = recv()
+        if not data:
+            return {"received": received}
+        if len(data) != size:
+            raise RuntimeError(f"a message of {len(data):,} bytes, not {size:,}: a frame cut")
+        (number,) = unpack(data)
+        if number >= sent:
+            raise RuntimeError(f"a message numbered {number:,}, of {sent:,} sent: a frame cut")
+        seen[number] += 1
+        received += 1
+        mark = marks.get(number)
+        if mark is not None:
+            times[mark] = now()
+
+
+def shared_writer(conn: Any, count: int, size: int, readers: int) -> dict[str, Any]:
+    """Send ``count`` numbered messages of ``size`` bytes, then an empty one per reader."""
+    send, pack = conn.send_bytes, _NUMBER.pack
+    padding = b"x" * (size - _NUMBER.size)
+    for number in range(count):
+        send(pack(number) + padding)
+    for _ in range(readers):
+        send(b"")
+    return {"sent": count}
+
+
+def _await_shared(procs: dict[str, Any], seen: Any, deadline: float) -> tuple[list[str], str]:
+    """Wait for the writer and readers to end; those still running, and why waiting stopped.
+
+    Stops early once one has failed, or when no message was taken for
+    ``STALL_SECONDS`` (stranded in a reader's buffer, or never sent).
+    """
+    taken, taken_at = -1, time.monotonic()
+    while True:
+        running = [name for name, proc in procs.items() if proc.exitcode is None]
+        if not running:
+            return [], ""
+        t = time.monotonic()
+        so_far = len(seen) - bytes(seen).count(0)
+        if so_far != taken:
+            taken, taken_at = so_far, t
+        if any(proc.exitcode for proc in procs.values()):
+            return running, "after another process failed"
+        if t - taken_at > STALL_SECONDS:
+            return running, f"after {STALL_SECONDS:g} s without a message taken"
+        if t > deadline:
+            return running, "at the time limit"
+        time.sleep(0.02)
+
+
+def _shared_problems(
+    procs: dict[str, Any], outcomes: dict[str, Any], running: list[str], why: str, seen: Any
+) -> list[str]:
+    """What went wrong in a shared-reader measurement: processes and messages (none: all well)."""
+    problems = []
+    waiting = [name for name in running if name != "writer"]
+    if waiting:
+        problems.append(
+            f"{len(waiting)} of {len(procs) - 1} readers never got their empty message"
+            f" ({', '.join(waiting)}), killed {why}"
+        )
+    if "writer" in running:
+        problems.append(f"the writer was still sending, killed {why}")
+    elif waiting and outcomes["writer"]["ok"]:
+        problems.append(f"the writer had sent every message and {len(procs) - 1} empty ones")
+    for name, outcome in outcomes.items():
+        if name not in running and not outcome["ok"]:
+            problems.append(f"{name}: {outcome['error'] or f'exit code {procs[name].exitcode}'}")
+    counts = bytes(seen)
+    sent, missing = len(counts), counts.count(0)
+    if missing:
+        problems.append(
+            f"{sent - missing:,} of {sent:,} messages taken, {missing:,} never"
+            " (lost, or stranded in another reader's buffer)"
+        )
+    repeated = sent - missing - counts.count(1)
+    if repeated:
+        problems.append(f"{repeated:,} of {sent:,} messages taken more than once")
+    if problems:
+        return problems
+    received = sum(o["result"]["received"] for name, o in outcomes.items() if name != "writer")
+    return [] if received == sent else [f"the readers counted {received:,} messages, not {sent:,}"]
+
+
+def server_stream_shared(
+    mod: Any, params: dict[str, Any], folder: Path, timeout: float
+) -> dict[str, Any]:
+    """One writer process streams into a Pipe() end shared by ``readers`` reader processes.
+
+    This process makes the Pipe (one-way unless ``duplex``) and a Lock, and
+    starts the writer and the readers with multiprocessing (``start_method``),
+    handing each its end as a Process argument, then closes its own copies.
+    Each child's outcome comes back in a file in ``folder``. Timed as
+    server_stream is, from when the messages numbered ``warmup - 1`` and
+    those ending each batch were taken, on the machine's monotonic clock.
+
+    Every process is waited for with a bound (see _await_shared; at most
+    ``timeout`` less STALL_SECONDS in all) and killed past it. Fails unless
+    each reader got its empty message and every message was taken exactly
+    once, saying what went missing.
+    """
+    ctx = multiprocessing.get_context(params["start_method"])
+    count, warmup, size = params["count"], params["warmup"], params["size"]
+    readers, batches = params["readers"], params["batches"]
+    timed = count - warmup
+    ends = list(itertools.accumulate(_batches(timed, batches), initial=warmup - 1))
+    marks = {number: index for index, number in enumerate(ends)}
+    seen, times, lock = ctx.RawArray("B", count), ctx.RawArray("d", len(ends)), ctx.Lock()
+    reader_end, writer_end = mod.Pipe(duplex=params["duplex"])
+    reading = (shared_reader, reader_end, lock, seen, marks, times, size)
+    roles: dict[str, tuple[Any, ...]] = {f"reader-{i}": reading for i in range(readers)}
+    roles["writer"] = (shared_writer, writer_end, count, size, readers)
+    procs = {
+        name: ctx.Process(
+            target=_in_child, args=(str(folder / f"{name}.json"), *work), name=name, daemon=True
+        )
+        for name, work in roles.items()
+    }
+    deadline = time.monotonic() + max(timeout - STALL_SECONDS, timeout / 2)
+    try:
+        with reader_end, writer_end:  # this process's copies, closed once the children have theirs
+            for proc in procs.values():
+                proc.start()
+        running, why = _await_shared(procs, seen, deadline)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.kill()
+            if proc.pid is not None:
+                proc.join(5)
+    outcomes = {name: read_outcome(folder / f"{name}.json") for name in procs}
+    problems = _shared_problems(procs, outcomes, running, why, seen)
+    if problems:
+        raise RuntimeError("shared reader end: " + "; ".join(problems))
+    seconds = [b - a for a, b in itertools.pairwise(times)]
+    received = [outcomes[name]["result"]["received"] for name in procs if name != "writer"]
+    return {**_batch_result(timed, batches, seconds), "readers": readers, "received": received}
 
 
 def _bulk_receiver(conn: Any, params: dict[str, Any], receive: Callable[[], int]) -> dict[str, Any]:
@@ -648,6 +847,9 @@ def _pipe_end(mod: Any, spec: dict[str, Any]) -> Any:
 def run_server(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
     """Bind, announce the address, then serve one connection (or many, for connect, clients)."""
     kind, params = spec["kind"], spec["params"]
+    if kind == "stream-shared":
+        folder = Path(spec["result"]).parent
+        return server_stream_shared(mod, params, folder, spec.get("ready_timeout", 30.0))
     if spec.get("pipe_fd") is not None:
         with contextlib.closing(_pipe_end(mod, spec)) as conn:
             return _SERVERS[kind](conn, params)
@@ -716,27 +918,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the role described by the spec file named on the command line."""
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    result_path = spec["result"]
-    try:
+
+    def work() -> dict[str, Any]:
         if spec.get("pin") is not None:
             os.sched_setaffinity(0, {spec["pin"]})
         raise_fd_limit()
         mod = importlib.import_module(MODULES[spec["impl"]])
         authkey = bytes.fromhex(spec["authkey"])
         role = run_server if spec["role"] == "server" else run_client
-        result = role(mod, spec, authkey)
-    except BaseException as exc:
-        _write_json(
-            result_path,
-            {
-                "ok": False,
-                "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(),
-            },
-        )
-        return 1
-    _write_json(result_path, {"ok": True, "result": result})
-    return 0
+        return role(mod, spec, authkey)
+
+    outcome = _outcome(work)
+    _write_json(spec["result"], outcome)
+    return 0 if outcome["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._worker import read_outcome
 from .combine import combine
 from .scenarios import BASELINE, CANDIDATE, Metric, Scenario, select
 
@@ -148,8 +149,13 @@ def measure(
 
 
 def _roles(params: dict[str, Any]) -> list[tuple[str, str, int]]:
-    """(name, role, index) of each child: the server, then "client" or "client-0", "client-1"..."""
+    """(name, role, index) of each child: the server, then "client" or "client-0", "client-1"...
+
+    The server alone with ``client_processes`` 0: it starts the processes it needs itself.
+    """
     processes = params.get("client_processes", 1)
+    if processes == 0:
+        return [("server", "server", 0)]
     if processes == 1:
         return [("server", "server", 0), ("client", "client", 0)]
     return [("server", "server", 0)] + [(f"client-{i}", "client", i) for i in range(processes)]
@@ -180,10 +186,12 @@ def _measure_in(
     procs: dict[str, subprocess.Popen[bytes]] = {}
     logs: dict[str, Path] = {}
     results: dict[str, Path] = {}
-    # The "pipe" transport: a socket pair made here, an end inherited by each child.
-    pair = socket.socketpair() if scenario.transport == "pipe" else ()
+    roles = _roles(params)
+    # The "pipe" transport between a server and a client: a socket pair made here, an end
+    # inherited by each child (a server alone makes its own Pipe()).
+    pair = socket.socketpair() if scenario.transport == "pipe" and len(roles) == 2 else ()
     try:
-        for (name, role, index), end in itertools.zip_longest(_roles(params), pair):
+        for (name, role, index), end in itertools.zip_longest(roles, pair):
             spec_path = run_dir / f"{name}.spec.json"
             results[name] = run_dir / f"{name}.result.json"
             logs[name] = run_dir / f"{name}.log"
@@ -214,10 +222,7 @@ def _measure_in(
     problems = []
     outcome: dict[str, dict[str, Any]] = {}
     for role, proc in procs.items():
-        try:
-            outcome[role] = json.loads(results[role].read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            outcome[role] = {"ok": False, "error": None}
+        outcome[role] = read_outcome(results[role])
         if not outcome[role].get("ok"):
             error = outcome[role].get("error")
             if error is None:

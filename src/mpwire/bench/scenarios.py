@@ -45,7 +45,9 @@ class Scenario:
     ``kind`` picks the server and client functions in :mod:`mpwire.bench._worker`;
     ``measured_by`` is the role whose result holds the metrics, or "all":
     :func:`mpwire.bench.combine.combine` makes one result of the server's and
-    every client process's (``params["client_processes"]`` of them, default 1).
+    every client process's (``params["client_processes"]`` of them, default 1;
+    0 for a server that starts the processes it needs itself, with
+    multiprocessing, as the shared-reader scenario does).
     ``baseline`` and ``candidate`` name the two implementations compared
     (keys of :data:`MODULES`); ``quick_name`` is the name shown for a
     quick run when the name spells out counts that quick mode changes.
@@ -100,6 +102,8 @@ _PINGPONG = {"size": 64, "count": 40_000, "warmup": 1_000, "batches": 8}
 _PINGPONG_QUICK = {"count": 6_000, "warmup": 500, "batches": 3}
 _STREAM = {"size": 1024, "count": 200_000, "warmup": 5_000, "batches": 5}
 _STREAM_QUICK = {"count": 40_000, "warmup": 2_000, "batches": 3}
+_SHARED = {**_STREAM, "readers": 4, "start_method": "fork", "client_processes": 0}
+"""The 1 KiB stream into one end shared by 4 readers: no client process, the server starts them."""
 _SIZES = (("64B", 64, 200_000), ("16KiB", 16384, 16_000), ("256KiB", 256 * 1024, 1_000))
 """The stream sizes besides 1 KiB, for throughput against message size (``--plot``)."""
 _BULK = {"size": 64 * MiB, "transfers": 6}
@@ -224,6 +228,22 @@ SCENARIOS: list[Scenario] = [
     ),
     *_stream_1kib(
         "stream-1KiB", "one-way stream of 1 KiB send_bytes messages, timed on the receiver"
+    ),
+    *(
+        Scenario(
+            f"stream-1KiB-shared-4readers/{transport}",
+            kind="stream-shared",
+            transport=transport,
+            description=(
+                f"the 1 KiB stream into one Pipe({args}) end read by 4 processes, each"
+                " recv_bytes() under a shared Lock (as Queue and Pool read): their total rate"
+            ),
+            params={**_SHARED, "duplex": duplex},
+            quick_params=_STREAM_QUICK,
+            measured_by="server",
+            metrics=(Metric("rate", "messages/s"),),
+        )
+        for transport, args, duplex in (("pipe", "duplex=False", False), ("duplex-pipe", "", True))
     ),
     *_stream_1kib(
         "stream-1KiB-batched",
