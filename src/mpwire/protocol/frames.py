@@ -150,7 +150,10 @@ class FrameDecoder:
     With ``exact`` set, reads stop at the end of the message being decoded:
     nothing is read ahead, so the bytes of later messages stay where other
     readers of the same stream can take them (an end shared between
-    processes, see :mod:`mpwire.sync.sharing`).
+    processes, see :mod:`mpwire.sync.sharing`). :attr:`read_payload`, if
+    set, then reads a small message's payload, its header read: a cheaper
+    way in where descriptors come only with headers (a ``read`` where the
+    headers need a ``recvmsg``).
 
     With ``accept_shared`` set, a shared-memory header is taken too: the
     next frame then comes with :attr:`shared`, its buffers' entries, which
@@ -175,6 +178,7 @@ class FrameDecoder:
         "exact",
         "max_size",
         "on_descriptors",
+        "read_payload",
         "ready",
         "received",
         "shared",
@@ -200,6 +204,7 @@ class FrameDecoder:
         self._into: memoryview | None = None
         self._lease: memoryview | None = None
         self.exact = False
+        self.read_payload: ReadInto | None = None
         self.accept_shared = False
         self.shared: list[SharedEntry] | None = None
         self.on_descriptors: Callable[[], None] | None = None
@@ -408,7 +413,7 @@ class FrameDecoder:
         if size < 0 or size > len(view) - 4 or (self.max_size is not None and size > self.max_size):
             return None
         if size:
-            read = readinto(view[4 : 4 + size])
+            read = (self.read_payload or readinto)(view[4 : 4 + size])
             received = _counted(read) if read is None else read
             self._end = end = 4 + received
             self.received += received

@@ -425,6 +425,19 @@ class Connection:
         self._source = then
         if self._readinto is not None:
             self._readinto = then
+        self._read_payloads_plainly()
+
+    def _read_payloads_plainly(self) -> None:
+        """A shared end reading with recvmsg: payloads with a plain read (cheaper).
+
+        Descriptors come with the first byte of a shared-memory header or of
+        the mark, which the header reads take; a peer's descriptors inside a
+        payload would be closed by the kernel. Not while a spill is read: the
+        payloads may be in it.
+        """
+        if self._fd_reader is not None and (self._spill is None or self._spill.spent):
+            assert isinstance(self._sock, socket.socket)
+            self._decoder.read_payload = self._sock.recv_into
 
     def _writable_fd(self) -> int:
         fd = self._fd()
@@ -1041,6 +1054,7 @@ class Connection:
                 except BaseException:
                     self._decoder.feed(pending)
                     raise
+            self._read_payloads_plainly()
             return True
         finally:
             gate.token.append(True)
