@@ -22,10 +22,10 @@ from .sync.addresses import families as families
 from .sync.auth import answer_challenge as answer_challenge
 from .sync.auth import deliver_challenge as deliver_challenge
 from .sync.connection import Connection as Connection
-from .sync.connection import rebuild_connection as rebuild_connection
-from .sync.connection import reduce_connection as reduce_connection
 from .sync.listener import Client, Listener
 from .sync.pipe import Pipe
+from .sync.sharing import rebuild_connection as rebuild_connection
+from .sync.sharing import reduce_connection as reduce_connection
 from .sync.wait import wait
 from .sync.wrapper import ConnectionWrapper as ConnectionWrapper
 from .sync.wrapper import XmlClient as XmlClient

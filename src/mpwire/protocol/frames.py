@@ -24,18 +24,20 @@ import io
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Literal, NamedTuple, overload
+from typing import Any, Literal, NamedTuple, overload
 
 from ..exceptions import FrameError, MessageTooLong
 
 __all__ = [
     "DESCRIPTORS_FOLLOW",
+    "JOIN_LIMIT",
     "LARGEST_SHORT",
     "SHARED_KEEP",
     "FrameDecoder",
     "LargeFrame",
     "PayloadReader",
     "SharedEntry",
+    "encode_frame",
     "encode_header",
     "encode_shared_header",
     "encode_short_header",
@@ -106,6 +108,24 @@ def encode_header(size: int) -> bytes:
     if size <= LARGEST_SHORT:
         return encode_short_header(size)
     return _LONG_MARK + _LONG.pack(size)
+
+
+JOIN_LIMIT = 16384
+"""Payloads up to this size are joined to their header (as the stdlib does); larger follow it."""
+
+
+def encode_frame(payload: bytes | bytearray | memoryview | list[Any]) -> list[Any]:
+    """A frame's buffers, to write in order: the header, then the payload (a list: its parts).
+
+    A payload of up to JOIN_LIMIT bytes is joined to its header; a larger one
+    (or a pickle's parts) is not copied.
+    """
+    if isinstance(payload, list):
+        return [encode_header(sum(map(len, payload))), *payload]
+    size = len(payload)
+    if size <= JOIN_LIMIT:
+        return [encode_short_header(size) + payload]
+    return [encode_header(size), payload]
 
 
 class SharedEntry(NamedTuple):

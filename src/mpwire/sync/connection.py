@@ -35,18 +35,18 @@ from ..buffers import message_view, target_view
 from ..exceptions import BufferTooShort, FrameError, MessageTooLong
 from ..protocol.frames import (
     DESCRIPTORS_FOLLOW,
+    JOIN_LIMIT,
     MAX_SHARED_BUFFERS,
     FrameDecoder,
     LargeFrame,
     PayloadReader,
     ReadInto,
     SharedEntry,
-    encode_header,
+    encode_frame,
     encode_shared_header,
     encode_short_header,
 )
 from ..serialize import (
-    PICKLE,
     PickleSerializer,
     Serializer,
     dump_parts,
@@ -55,13 +55,11 @@ from ..serialize import (
     inline_buffers,
 )
 from . import sharing, shm
+from .batch import Batch
 from .gate import Gate
 from .tls import TLSSocket
 
-__all__ = ["Batch", "Connection", "rebuild_connection", "reduce_connection"]
-
-_CONCAT_LIMIT = 16384
-"""Payloads up to this size are joined to their header; larger ones use writev()."""
+__all__ = ["Connection"]
 
 _NOSIGNAL = int(socket.MSG_NOSIGNAL)
 """A peer that hung up is an EPIPE error, never a SIGPIPE that kills the process.
@@ -84,9 +82,6 @@ _Payload = bytes | bytearray | memoryview | list[Any]
 _IOV_MAX = 1024
 """The most buffers one vectored write takes (Linux's IOV_MAX)."""
 
-_BATCH_BYTES = 256 * 1024
-"""A batch writes the frames it holds once they add up to this many bytes."""
-
 _Shared = tuple[bytes, list[int]]
 """A shared-memory message's header and the memfds that go with it."""
 
@@ -99,16 +94,6 @@ def _out_of_band(view: memoryview) -> bool:
 def _in_shared_buffer(view: memoryview) -> bool:
     """Whether a pickled buffer lies in a SharedBuffer (and so goes as one, whatever else)."""
     return shm.shared_entry(view) is not None
-
-
-def _frame(payload: _Payload) -> list[Any]:
-    """A frame's buffers: the header, then the payload (a list: its parts); small ones joined."""
-    if isinstance(payload, list):
-        return [encode_header(sum(map(len, payload))), *payload]
-    size = len(payload)
-    if size <= _CONCAT_LIMIT:
-        return [encode_short_header(size) + payload]
-    return [encode_header(size), payload]
 
 
 def _ready(fd: int, event: int, deadline: float) -> bool:
@@ -462,7 +447,7 @@ class Connection:
         message left, and closed if part of it did.
         """
         if type(buf) is bytes and not offset and size is None:
-            if timeout is None and len(buf) <= _CONCAT_LIMIT and self._plain_sock is not None:
+            if timeout is None and len(buf) <= JOIN_LIMIT and self._plain_sock is not None:
                 self._send_small(encode_short_header(len(buf)) + buf)
                 return
             batch = self._batch
@@ -497,7 +482,7 @@ class Connection:
             self._send_frame(parts, timeout)
             return
         pickled = parts[0]
-        if timeout is None and len(pickled) <= _CONCAT_LIMIT and self._plain_sock is not None:
+        if timeout is None and len(pickled) <= JOIN_LIMIT and self._plain_sock is not None:
             self._send_small(encode_short_header(len(pickled)) + pickled)
             return
         self._send_frame(pickled, timeout)
@@ -681,7 +666,7 @@ class Connection:
             fd = self._writable_fd()
         ancillary: Any = ()
         deadline = None if timeout is None else time.monotonic() + timeout
-        parts = _frame(payload)
+        parts = encode_frame(payload)
         if shared is not None:
             if not self._marked:
                 self._mark_fds(fd, deadline)
@@ -1084,169 +1069,4 @@ class Connection:
         return self._tls and self._sock.pending()  # type: ignore[union-attr]
 
 
-class Batch:
-    """Frames held back to leave together: what :meth:`Connection.batch` returns.
-
-    A context manager; entering makes this thread the connection's only
-    sender until the block ends, and nested blocks on the same connection
-    join the outer one.
-    """
-
-    __slots__ = ("_conn", "_parts", "_queued", "_small", "_timeout", "owner")
-
-    def __init__(self, conn: Connection, timeout: float | None) -> None:
-        self._conn = conn
-        self._timeout = timeout
-        # The frames queued: buffers too large to copy, and the small frames
-        # between them, copied whole into one bytearray per run.
-        self._parts: list[Any] = []
-        self._queued = 0  # bytes in _parts
-        self._small = bytearray()  # the last run of small frames, not in _parts yet
-        self.owner: int | None = None
-        """The thread holding the connection's sends (None: not entered, or nested)."""
-
-    def __enter__(self) -> Self:
-        conn = self._conn
-        owner = threading.get_ident()
-        outer = conn._batch
-        if outer is not None and outer.owner == owner:
-            return self
-        gate = conn._send_gate
-        if not gate.acquire(self._timeout):
-            raise TimeoutError("send timed out waiting for another sender")
-        if conn._write_fd is None:
-            gate.token.append(True)
-            if gate.waiting:
-                gate.wake()
-            conn._finish_close()
-            conn._writable_fd()  # raises: closed, or read-only
-        self.owner = owner
-        conn._batch = self
-        conn._plain_sock = conn._ready = None
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.owner is None:
-            return
-        conn = self._conn
-        try:
-            if conn._write_fd is not None:
-                self.flush()
-            elif (self._parts or self._small) and exc_type is None:
-                raise OSError("handle is closed: the batch's last frames did not leave")
-        finally:
-            self.owner = conn._batch = None
-            gate = conn._send_gate
-            try:
-                conn._reopen_shortcuts()  # (before other senders may look at them)
-            finally:
-                gate.token.append(True)
-                if gate.waiting:
-                    gate.wake()
-                if conn._closing is not None:
-                    conn._finish_close()
-
-    def add(self, payload: _Payload, shared: _Shared | None) -> None:
-        """Queue a frame (a shared-memory one goes at once, after what is queued)."""
-        conn = self._conn
-        if conn._write_fd is None:
-            conn._writable_fd()  # raises: closed
-        if shared is not None:
-            self.flush()
-            conn._write_frame(payload, self._timeout, shared)
-            return
-        if type(payload) is bytes and len(payload) <= _CONCAT_LIMIT:
-            small = self._small
-            small += encode_short_header(len(payload))
-            small += payload
-        else:
-            for part in _frame(payload):
-                if len(part) <= _CONCAT_LIMIT:
-                    self._small += part
-                    continue
-                self._end_small_run()
-                # A bytes object cannot change before the frame leaves; anything else may.
-                self._parts.append(part if type(part) is bytes else bytes(part))
-                self._queued += len(part)
-        if self._queued + len(self._small) >= _BATCH_BYTES:
-            self.flush()
-
-    def _end_small_run(self) -> None:
-        """Queue the run of small frames as one part; later ones start another."""
-        if self._small:
-            self._parts.append(self._small)
-            self._queued += len(self._small)
-            self._small = bytearray()
-
-    def flush(self) -> None:
-        """Write the frames queued so far."""
-        self._end_small_run()
-        parts, self._parts, self._queued = self._parts, [], 0
-        if parts:
-            conn = self._conn
-            deadline = None if self._timeout is None else time.monotonic() + self._timeout
-            conn._transmit(conn._writable_fd(), parts, deadline, False)
-
-
-def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
-    """Pickle support: the fd travels as multiprocessing sends fds.
-
-    The end is shared from now on (see :mod:`mpwire.sync.sharing`): what
-    this process read ahead travels as a spill both processes read first.
-    """
-    if conn._tls:
-        raise TypeError("a TLS connection cannot be passed to another process")
-    if conn._fd_reader is not None and conn._fd_reader.fds:
-        raise ValueError("cannot pass a connection on while file descriptors wait in it")
-    fd = conn.fileno()
-    was_shared = conn._shared
-    if not conn._share() or (was_shared and conn._decoder.pending):
-        raise ValueError("cannot pass a connection on in the middle of receiving a message")
-    spill = conn._spill
-    spilled = None
-    if spill is not None and spill.waiting():
-        spilled = (reduction.DupFd(spill.fd), spill.size)
-    serializer = None if conn._serializer is PICKLE else conn._serializer
-    shared = conn._marked if conn.shared_memory else None
-    state = (spilled, conn.max_message_size, serializer, shared)
-    return rebuild_connection, (reduction.DupFd(fd), conn.readable, conn.writable, *state)
-
-
-def rebuild_connection(
-    df: Any,
-    readable: bool,
-    writable: bool,
-    spilled: tuple[Any, int] | None = None,
-    max_message_size: int | None = None,
-    serializer: Serializer | None = None,
-    marked: bool | None = None,
-) -> Connection:
-    """Unpickle a Connection made by reduce_connection(): an end shared with its sender.
-
-    ``spilled``: the spill the sender made of what it read ahead, and its
-    size. ``marked``: None unless shared memory is on, else whether the
-    sender's end sent its mark that descriptors follow.
-    """
-    conn = Connection(
-        df.detach(),
-        readable,
-        writable,
-        max_message_size=max_message_size,
-        serializer=serializer,
-        shared_memory=marked is not None,
-    )
-    if marked is not None and conn.shared_memory:
-        conn._marked = marked
-    if spilled is not None:
-        spill_df, size = spilled
-        conn._spill = sharing.Spill(spill_df.detach(), size)
-    conn._share()
-    return conn
-
-
-reduction.register(Connection, reduce_connection)
+reduction.register(Connection, sharing.reduce_connection)

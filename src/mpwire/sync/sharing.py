@@ -21,14 +21,16 @@ import itertools
 import os
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from multiprocessing import reduction
+from typing import TYPE_CHECKING, Any
 
+from .. import serialize
 from ..protocol.frames import ReadInto
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["Spill", "register"]
+__all__ = ["Spill", "rebuild_connection", "reduce_connection", "register"]
 
 
 class Spill:
@@ -83,6 +85,64 @@ class Spill:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
+    """Pickle support: the fd travels as multiprocessing sends fds.
+
+    The end is shared from now on (see :mod:`mpwire.sync.sharing`): what
+    this process read ahead travels as a spill both processes read first.
+    """
+    if conn._tls:
+        raise TypeError("a TLS connection cannot be passed to another process")
+    if conn._fd_reader is not None and conn._fd_reader.fds:
+        raise ValueError("cannot pass a connection on while file descriptors wait in it")
+    fd = conn.fileno()
+    was_shared = conn._shared
+    if not conn._share() or (was_shared and conn._decoder.pending):
+        raise ValueError("cannot pass a connection on in the middle of receiving a message")
+    spill = conn._spill
+    spilled = None
+    if spill is not None and spill.waiting():
+        spilled = (reduction.DupFd(spill.fd), spill.size)
+    serializer = None if conn._serializer is serialize.PICKLE else conn._serializer
+    shared = conn._marked if conn.shared_memory else None
+    state = (spilled, conn.max_message_size, serializer, shared)
+    return rebuild_connection, (reduction.DupFd(fd), conn.readable, conn.writable, *state)
+
+
+def rebuild_connection(
+    df: Any,
+    readable: bool,
+    writable: bool,
+    spilled: tuple[Any, int] | None = None,
+    max_message_size: int | None = None,
+    serializer: serialize.Serializer | None = None,
+    marked: bool | None = None,
+) -> Connection:
+    """Unpickle a Connection made by reduce_connection(): an end shared with its sender.
+
+    ``spilled``: the spill the sender made of what it read ahead, and its
+    size. ``marked``: None unless shared memory is on, else whether the
+    sender's end sent its mark that descriptors follow.
+    """
+    from .connection import Connection
+
+    conn = Connection(
+        df.detach(),
+        readable,
+        writable,
+        max_message_size=max_message_size,
+        serializer=serializer,
+        shared_memory=marked is not None,
+    )
+    if marked is not None and conn.shared_memory:
+        conn._marked = marked
+    if spilled is not None:
+        spill_df, size = spilled
+        conn._spill = Spill(spill_df.detach(), size)
+    conn._share()
+    return conn
 
 
 _live: dict[int, weakref.ref[Connection]] = {}
