@@ -30,6 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import pytest
@@ -653,3 +654,70 @@ def test_multiprocessing_queue_over_mpwire(
             items.close()
             if name != "SimpleQueue":
                 items.join_thread()
+
+
+# -- 7. an end passed on or forked while this process is receiving on it ---------------
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait until ``condition()`` holds (a state another thread or process reaches), or fail."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} in {TIMEOUT} s")
+        time.sleep(0.001)
+
+
+def receive_one(end: mpwire.Connection, report: Any) -> None:
+    """Child: receive one message and report it."""
+    report.send(end.recv_bytes(timeout=TIMEOUT))
+
+
+def test_a_fork_while_a_thread_receives_leaves_the_child_free_to_receive() -> None:
+    """The thread's call is the parent's: the child's copy of the end is not left taken."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("start method 'fork' unavailable")
+    ctx = multiprocessing.get_context("fork")
+    report, report_child = ctx.Pipe(duplex=False)
+    ours, theirs = mpwire.Pipe()
+    got: list[bytes] = []
+    with report, report_child, ours, theirs:
+        thread = threading.Thread(target=lambda: got.append(theirs.recv_bytes()), daemon=True)
+        thread.start()
+        until(theirs._recv_gate.locked, "the thread's receive")
+        with started(ctx, receive_one, [(theirs, report_child)]):
+            ours.send_bytes(b"one")
+            until(lambda: bool(got) or report.poll(0), "the first message taken")
+            ours.send_bytes(b"two")
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), "the parent's receive never ended"
+            child_got = recv_within(report, "message in the child")
+        assert sorted([*got, child_got]) == [b"one", b"two"]
+
+
+def test_an_end_passes_on_while_a_thread_receives_on_it() -> None:
+    """As a consumer thread's Queue passes to a new worker: the receive goes on."""
+    ours, theirs = mpwire.Pipe()
+    got: list[bytes] = []
+    with ours, theirs:
+        thread = threading.Thread(target=lambda: got.append(theirs.recv_bytes()), daemon=True)
+        thread.start()
+        until(theirs._recv_gate.locked, "the thread's receive")
+        ForkingPickler.loads(ForkingPickler.dumps(theirs)).close()
+        ours.send_bytes(b"after")
+        thread.join(TIMEOUT)
+        assert got == [b"after"]
+
+
+def test_an_end_cannot_pass_on_in_the_middle_of_a_message() -> None:
+    """A shared end's receive that timed out part way holds part of a message: it stays."""
+    ours, theirs = mpwire.Pipe()
+    with ours, theirs:
+        ForkingPickler.loads(ForkingPickler.dumps(theirs)).close()  # shared from now on
+        os.write(ours.fileno(), (100).to_bytes(4, "big") + b"part")
+        with pytest.raises(TimeoutError):
+            theirs.recv_bytes(timeout=0.05)
+        with pytest.raises(ValueError, match="middle of receiving a message"):
+            ForkingPickler.dumps(theirs)
+        os.write(ours.fileno(), bytes(96))
+        assert theirs.recv_bytes(timeout=TIMEOUT) == b"part" + bytes(96)

@@ -90,16 +90,18 @@ class Spill:
 def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
     """Pickle support: the fd travels as multiprocessing sends fds.
 
-    The end is shared from now on (see :mod:`mpwire.sync.sharing`): what
-    this process read ahead travels as a spill both processes read first.
+    The end is shared from now on: what this process read ahead travels as
+    a spill both processes read first. Part of a message received here (a
+    receive that timed out part way) cannot go along: ValueError. A receive
+    under way in another thread goes on here (with what it reads).
     """
     if conn._tls:
         raise TypeError("a TLS connection cannot be passed to another process")
     if conn._fd_reader is not None and conn._fd_reader.fds:
         raise ValueError("cannot pass a connection on while file descriptors wait in it")
     fd = conn.fileno()
-    was_shared = conn._shared
-    if not conn._share() or (was_shared and conn._decoder.pending):
+    conn._share()
+    if conn._decoder.pending and not conn._recv_gate.locked():
         raise ValueError("cannot pass a connection on in the middle of receiving a message")
     spill = conn._spill
     spilled = None
