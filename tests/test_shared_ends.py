@@ -721,3 +721,141 @@ def test_an_end_cannot_pass_on_in_the_middle_of_a_message() -> None:
             ForkingPickler.dumps(theirs)
         os.write(ours.fileno(), bytes(96))
         assert theirs.recv_bytes(timeout=TIMEOUT) == b"part" + bytes(96)
+
+
+# -- 8. what a fork leaves where ------------------------------------------------------
+
+needs_fork = pytest.mark.skipif(
+    "fork" not in multiprocessing.get_all_start_methods(), reason="start method 'fork' unavailable"
+)
+
+
+def take_ready(end: mpwire.Connection, report: Any) -> None:
+    """Child: take the messages ready on ``end`` for this process, and report them."""
+    got = []
+    while end.poll(0):
+        got.append(end.recv_bytes())
+    report.send(got)
+
+
+def child_takes_ready(end: mpwire.Connection) -> list[bytes]:
+    """What a child forked now finds ready on ``end`` (and takes)."""
+    ctx = multiprocessing.get_context("fork")
+    report, report_child = ctx.Pipe(duplex=False)
+    with report, report_child, started(ctx, take_ready, [(end, report_child)]):
+        got: list[bytes] = recv_within(report, "report from the child")
+    return got
+
+
+def child_sees_ready(end: mpwire.Connection) -> bool:
+    """Whether a child forked now finds a message ready on ``end``."""
+    return bool(child_takes_ready(end))
+
+
+@needs_fork
+def test_a_second_fork_leaves_what_a_receive_under_way_read_to_the_parent() -> None:
+    """A receive blocked since before a fork may read ahead once; a later fork copies none of it."""
+    reader, writer = mpwire.Pipe(duplex=False)
+    got: list[bytes] = []
+    with reader, writer:
+        thread = threading.Thread(target=lambda: got.append(reader.recv_bytes()), daemon=True)
+        thread.start()
+        until(reader._recv_gate.locked, "the thread's receive")
+        assert not child_sees_ready(reader)  # the first fork
+        frames = [b"m0", b"m1", b"m2", b"m3"]
+        os.write(writer.fileno(), b"".join(len(m).to_bytes(4, "big") + m for m in frames))
+        thread.join(TIMEOUT)
+        assert got == [b"m0"]
+        got += child_takes_ready(reader)
+        while reader.poll(0):
+            got.append(reader.recv_bytes())
+        assert sorted(got) == frames
+
+
+@needs_fork
+def test_a_fork_leaves_a_shared_memory_message_read_ahead_to_the_parent() -> None:
+    """Its descriptors came with the read: the parent keeps it, and every array is right."""
+    np = pytest.importorskip("numpy")
+    a, b = mpwire.Pipe()
+    with a, b:
+        b.send(np.zeros(ARRAY_ITEMS))  # (a mark first: a reads with recvmsg from then on)
+        assert not a.recv().any()
+        b.send_bytes(b"one")
+        b.send_bytes(b"two")
+        b.send(np.ones(ARRAY_ITEMS))
+        assert a.recv_bytes() == b"one"  # the rest read ahead, with the array's descriptor
+        assert not child_sees_ready(a)
+        assert a.recv_bytes() == b"two"
+        assert (a.recv() == 1).all()
+        b.send(np.full(ARRAY_ITEMS, 2.0))
+        assert (a.recv() == 2).all()
+
+
+@needs_fork
+def test_a_descriptors_mark_read_ahead_then_spilled() -> None:
+    """A mark a plain read took (the kernel closed its descriptor) is decoded from the spill."""
+    np = pytest.importorskip("numpy")
+    ctx = multiprocessing.get_context("fork")
+    a, b = mpwire.Pipe()
+    report, report_child = ctx.Pipe(duplex=False)
+    with a, b, report, report_child:
+        b.send("one")
+        b.send("two")
+        b.send(np.ones(ARRAY_ITEMS))  # the mark, then the array
+        assert a.recv() == "one"  # "two" and the mark read ahead: spilled at the fork
+        with started(ctx, read_rest, [(a, report_child, 2)]):
+            got, _ = recv_within(report, "report from the child")
+        assert got[0] == "two" and (got[1] == 1).all()
+
+
+@needs_fork
+def test_a_fork_in_a_batch_block_leaves_its_frames_to_the_parent() -> None:
+    """The child leaves the block too: its frames are the parent's to send, not the child's."""
+    reader, writer = mpwire.Pipe(duplex=False)
+    with reader, writer:
+        with writer.batch():
+            writer.send_bytes(b"queued before the fork")
+            pid = os.fork()
+        if pid == 0:  # the child
+            try:
+                writer.send_bytes(b"from the child")
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert sorted(reader.recv_bytes(timeout=TIMEOUT) for _ in range(2)) == [
+            b"from the child",
+            b"queued before the fork",
+        ]
+        assert not reader.poll(0), "the queued frames left twice"
+
+
+@needs_fork
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the hook's)
+def test_a_fork_shares_every_end_even_if_one_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spill that cannot be made leaves that end's read-ahead to the parent; the rest go on."""
+    pairs = [mpwire.Pipe(duplex=False) for _ in range(2)]
+    for reader, writer in pairs:
+        for i in range(3):
+            writer.send(i)
+        assert reader.recv() == 0  # 1 and 2 read ahead
+    monkeypatch.setattr(os, "memfd_create", lambda *_: (_ for _ in ()).throw(OSError(24, "")))
+    try:
+        assert [child_sees_ready(reader) for reader, _ in pairs] == [False, False]
+    finally:
+        monkeypatch.undo()
+    for reader, writer in pairs:
+        assert reader._shared
+        assert [reader.recv(), reader.recv()] == [1, 2]
+        reader.close()
+        writer.close()
+
+
+def test_a_timed_receive_takes_a_message_from_the_spill() -> None:
+    reader, writer = mpwire.Pipe(duplex=False)
+    with reader, writer:
+        for i in range(3):
+            writer.send(i)
+        assert reader.recv() == 0  # 1 and 2 read ahead
+        ForkingPickler.loads(ForkingPickler.dumps(reader)).close()  # passed on: spilled
+        assert reader.recv(timeout=TIMEOUT) == 1
+        assert reader.recv(timeout=0) == 2

@@ -328,15 +328,18 @@ async def test_wrap_refuses_to_read_an_end_that_agreed_on_shared_memory() -> Non
         assert not reader.closed
 
 
-async def test_wrap_refuses_an_end_that_other_processes_may_hold() -> None:
-    reader, writer = mpwire.Pipe(duplex=False)
-    with reader, writer:
-        # Passed on (here, to this process again): the end is shared from now on.
-        pickle.loads(ForkingPickler.dumps(writer)).close()
-        with pytest.raises(ValueError, match="other processes"):
-            await mpa.wrap(writer)
-        assert not writer.closed
-        conn = await mpa.wrap(reader)  # the reader was not passed on
+async def test_wrap_takes_an_end_over_with_what_was_read_before_it_was_shared() -> None:
+    a, b = mpwire.Pipe(shared_memory=False)
+    with a, b:
+        for i in range(3):
+            a.send(i)
+        assert b.recv() == 0  # 1 and 2 are read ahead with it
+        # Passed on (here, to this process again): shared, 1 and 2 spilled.
+        ForkingPickler.loads(ForkingPickler.dumps(b)).close()
+        conn = await mpa.wrap(b)
+        assert [await conn.recv(timeout=5) for _ in range(2)] == [1, 2]
+        a.send(3)
+        assert await conn.recv(timeout=5) == 3
         await conn.aclose()
 
 

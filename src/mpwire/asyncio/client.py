@@ -142,24 +142,22 @@ async def wrap(
     and one-way pipes both work, with no thread. A readable end that agreed
     on shared memory cannot be taken (its peer may send arrays as memfds,
     which an asyncio transport's reads would drop): make it with
-    ``shared_memory=False`` (Pipe, Listener or Client). Nor can an end that
-    other processes may hold (inherited by a fork, or passed on).
+    ``shared_memory=False`` (Pipe, Listener or Client). The loop reads
+    ahead, and makes the file non-blocking: once wrapped, an end is this
+    process's alone to read, even one that other processes may hold
+    (inherited by a fork, or passed on), which must leave it alone; what was
+    read ahead before it was shared comes along.
     """
     from ..sync.connection import Connection
 
     readable, writable = conn.readable, conn.writable
-    if getattr(conn, "_shared", False):
-        raise ValueError(
-            "an end other processes may hold cannot be taken over by asyncio, which makes "
-            "its file non-blocking for every holder and reads messages ahead"
-        )
     if readable and getattr(conn, "shared_memory", False):
         raise ValueError(
             "the asyncio API cannot receive shared memory, which this connection agreed on: "
             "make it with shared_memory=False (Pipe, Listener or Client)"
         )
-    pending = conn._decoder.take_pending() if isinstance(conn, Connection) else b""
     fd = os.dup(conn.fileno())
+    pending = conn._take_over_unread() if isinstance(conn, Connection) else b""
     conn.close()
     loop = asyncio.get_running_loop()
     protocol = FrameProtocol(max_message_size, None)

@@ -379,7 +379,8 @@ class FrameDecoder:
 
         The common case of :meth:`next_frame`, kept short because every small
         message takes it; None only means that next_frame() must decide. With
-        ``readinto``, an empty read-ahead is first filled (one call). The
+        ``readinto``, an empty read-ahead is first filled (one call; for an
+        exact decoder two, the header and then the payload). The
         whole small payloads behind the one returned go to :attr:`ready`,
         which a caller may pop from without a lock: each is a ``bytes`` made
         once, and a ``deque`` pops atomically.

@@ -115,6 +115,11 @@ class Batch:
         if self._queued + len(self._small) >= _BATCH_BYTES:
             self.flush()
 
+    def forget(self) -> None:
+        """End the block with nothing sent (in a child forked in it: the parent sends them)."""
+        self._parts, self._queued, self._small = [], 0, bytearray()
+        self.owner = None
+
     def _end_small_run(self) -> None:
         """Queue the run of small frames as one part; later ones start another."""
         if self._small:

@@ -2,8 +2,9 @@
 
 Same API, errors and wire format as ``multiprocessing.connection.Connection``,
 with less work per message: received bytes are read ahead (one ``read`` can
-bring many frames), large payloads land directly in the object returned, and
-header and payload leave in one system call.
+bring many frames) while the end is this process's alone (see
+:mod:`mpwire.sync.sharing`), large payloads land directly in the object
+returned, and header and payload leave in one system call.
 
 And safer: every send and receive takes a ``timeout``; ``max_message_size``
 bounds what a peer can make us receive; threads may share a Connection (one
@@ -240,6 +241,7 @@ class Connection:
         if not shm.available():
             return
         self._fd_reader = shm.FdReader(sock)
+        self._reading_fds = self._shared  # (see _share())
         self._send_budget = shm.SendBudget(sock.fileno())
         self._decoder.accept_shared = True
         # Through a weak reference: the decoder must not keep its Connection
@@ -253,18 +255,20 @@ class Connection:
 
         The mark brings a descriptor of its own. A plain read let the kernel
         close it; if this end read it with recvmsg already, it is the first
-        one waiting, and is closed here.
+        one waiting, and is closed here. On a shared end, a plain read made
+        before it was shared may have taken the mark's last byte (and let the
+        kernel close the descriptor), so there a mark may come without it.
         """
-        assert self._fd_reader is not None
+        fds = self._fd_reader.fds  # type: ignore[union-attr]
         if not self._reading_fds:
             self._reading_fds = True
             if self._source is not None:
                 self._source = self._fd_reader
             if self._readinto is not None:
                 self._readinto = self._fd_reader
-        elif self._fd_reader.fds:
-            os.close(self._fd_reader.fds.popleft())
-        else:
+        elif fds and not (self._shared and os.fstat(fds[0]).st_size):
+            os.close(fds.popleft())
+        elif not self._shared:
             raise FrameError("a descriptors mark came without its descriptor")
 
     @property
@@ -415,10 +419,10 @@ class Connection:
     def _read_payloads_plainly(self) -> None:
         """A shared end reading with recvmsg: payloads with a plain read (cheaper).
 
-        Descriptors come with the first byte of a shared-memory header or of
-        the mark, which the header reads take; a peer's descriptors inside a
-        payload would be closed by the kernel. Not while a spill is read: the
-        payloads may be in it.
+        Descriptors come with the first byte of a shared-memory header or the
+        last byte of the mark, which header reads take; a peer's descriptors
+        inside a payload would be closed by the kernel. Not while a spill is
+        read: the payloads may be in it.
         """
         if self._fd_reader is not None and (self._spill is None or self._spill.spent):
             assert isinstance(self._sock, socket.socket)
@@ -891,6 +895,7 @@ class Connection:
                     if (
                         deadline is not None
                         and not self._tls_buffered()
+                        and not self._spill_waiting()
                         and not _ready(self._fd(), select.POLLIN, deadline)
                     ):
                         break  # what arrived of the message stays buffered
@@ -1002,21 +1007,21 @@ class Connection:
 
     # -- sharing with other processes ------------------------------------
 
-    def _share(self) -> bool:
+    def _share(self) -> None:
         """Other processes may hold this end from now on: read no message ahead.
 
         Reads stop at the end of the message being decoded, so the next one
         stays in the kernel for whichever holder asks first. What was read
-        ahead goes into a spill that every holder reads first. False if that
-        could not be done: another thread is receiving (its call keeps what
-        it reads), or a shared-memory message is half received (its
-        descriptors cannot go along); this process keeps those bytes.
+        ahead goes into a spill that every holder reads first; except what a
+        receive under way in another thread reads, and a shared-memory
+        message whose descriptors came already (they cannot go into a
+        spill): this process keeps those (see _holds_unread()).
         """
         if self._shared:
-            return True
+            return
         self._shared = True
         if self._handle is None or not self._readable or self._tls:
-            return True
+            return
         self._readinto = None  # remade (by _take()) once the reads take no message ahead
         self._decoder.exact = True
         if self._fd_reader is not None:
@@ -1026,13 +1031,15 @@ class Connection:
         try:
             del gate.token[0]
         except IndexError:
-            return False
+            return
         try:
             self._source = None  # remade by _reader(): the spill first, if any
+            if self._fd_reader is not None and self._fd_reader.fds:
+                return
             try:
                 pending = self._decoder.take_pending()
             except ValueError:
-                return False
+                return
             if pending:
                 try:
                     self._spill = sharing.Spill.of(pending)
@@ -1040,11 +1047,30 @@ class Connection:
                     self._decoder.feed(pending)
                     raise
             self._read_payloads_plainly()
-            return True
         finally:
             gate.token.append(True)
             if gate.waiting:
                 gate.wake()
+            if self._closing is not None:
+                self._finish_close()
+
+    def _take_over_unread(self) -> bytes:
+        """The bytes of the stream read but not returned, and what is left in the spill.
+
+        For a reader that takes the end over (and its spill: the other holders
+        will not get those messages).
+        """
+        pending = self._decoder.take_pending()
+        if self._spill is None or not self._spill.waiting():
+            return pending
+        return pending + self._spill.rest()
+
+    def _holds_unread(self) -> bool:
+        """Whether this process holds bytes of the stream that no other holder can read."""
+        if self._handle is None or not self._readable:
+            return False
+        fds = self._fd_reader is not None and bool(self._fd_reader.fds)
+        return self._decoder.pending or fds or self._recv_gate.locked()
 
     def _forget_unread(self) -> None:
         """In a child forked while the parent kept unread bytes: they are the parent's."""
@@ -1053,13 +1079,19 @@ class Connection:
             shm.close_all(self._fd_reader.fds)
 
     def _forget_calls_under_way(self) -> None:
-        """In a forked child: the calls other threads had under way are the parent's."""
+        """In a forked child: the calls under way at the fork are the parent's.
+
+        Those of other threads, and a batch block (the forking thread's too:
+        the parent sends its frames, and the block ends in the parent).
+        """
         if self._recv_gate.locked():
             self._recv_gate = Gate()
+        if self._batch is not None:
+            self._batch.forget()
+            self._batch = None
         if self._send_gate.locked():
             self._send_gate = Gate()
-            self._batch = None
-            self._reopen_shortcuts()
+        self._reopen_shortcuts()
         self._polling = 0
         if self._closing is not None:
             self._finish_close()

@@ -83,6 +83,14 @@ class Spill:
 
         return readinto
 
+    def rest(self) -> bytes:
+        """Read what is left (taking it from the other holders)."""
+        chunks = []
+        while chunk := os.read(self.fd, max(self.size, 1)):
+            chunks.append(chunk)
+        self.spent = True
+        return b"".join(chunks)
+
     def close(self) -> None:
         os.close(self.fd)
 
@@ -91,9 +99,10 @@ def reduce_connection(conn: Connection) -> tuple[Any, tuple[Any, ...]]:
     """Pickle support: the fd travels as multiprocessing sends fds.
 
     The end is shared from now on: what this process read ahead travels as
-    a spill both processes read first. Part of a message received here (a
-    receive that timed out part way) cannot go along: ValueError. A receive
-    under way in another thread goes on here (with what it reads).
+    a spill both processes read first. A receive under way in another
+    thread goes on here (with what it reads). Part of a message received
+    here once the end was shared already (a receive that timed out part
+    way) cannot go along: ValueError.
     """
     if conn._tls:
         raise TypeError("a TLS connection cannot be passed to another process")
@@ -165,8 +174,22 @@ def _connections() -> list[Connection]:
 
 
 def _before_fork() -> None:
-    """Both processes will hold every end: share them, spilling what was read ahead."""
-    _kept[:] = [conn for conn in _connections() if not conn._share()]
+    """Both processes will hold every end: share them, spilling what was read ahead.
+
+    What a Connection holds that could not be spilled stays the parent's
+    (the child forgets it), even if sharing it failed.
+    """
+    _kept.clear()
+    failed: list[BaseException] = []
+    for conn in _connections():
+        try:
+            conn._share()
+        except BaseException as exc:  # (the others must be shared all the same)
+            failed.append(exc)
+        if conn._holds_unread():
+            _kept.append(conn)
+    if failed:
+        raise failed[0]  # os.fork() reports it, and forks
 
 
 def _after_fork_in_parent() -> None:
