@@ -258,9 +258,7 @@ class FrameDecoder:
             assert self._sink is not None
             parts.append(encode_header(self._size))
             parts.append(self._sink.getbuffer()[: self._got].tobytes())
-            self._size = self._got = 0
-            self._sink = None
-        self._start = self._end = 0
+        self.clear()
         return b"".join(parts)
 
     def clear(self) -> None:
