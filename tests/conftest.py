@@ -9,6 +9,7 @@ socket, TCP over IPv4 and TCP over IPv6 (skipped, with the reason, only when
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import shutil
 import socket
 import tempfile
@@ -156,3 +157,20 @@ class Background:
 def background() -> Callable[..., Background]:
     """Start ``fn(*args, **kwargs)`` in a daemon thread: ``background(fn, *args)``."""
     return Background
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            method,
+            marks=pytest.mark.skipif(
+                method not in multiprocessing.get_all_start_methods(),
+                reason=f"start method {method!r} unavailable",
+            ),
+        )
+        for method in ("fork", "spawn", "forkserver")
+    ]
+)
+def start_method(request: pytest.FixtureRequest) -> str:
+    """Each multiprocessing start method this platform has (the others skipped, saying why)."""
+    return str(request.param)

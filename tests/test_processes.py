@@ -30,16 +30,14 @@ pytestmark = [
 ]
 
 TIMEOUT = 10.0
-METHODS = [
-    pytest.param(
-        method,
-        marks=pytest.mark.skipif(
-            method not in multiprocessing.get_all_start_methods(),
-            reason=f"start method {method!r} unavailable",
-        ),
-    )
-    for method in ("fork", "spawn", "forkserver")
-]
+
+
+@pytest.fixture
+def method(start_method: str) -> str:
+    """The start method of the test (each in turn: see conftest.start_method)."""
+    return start_method
+
+
 KINDS = ("pipe", "one-way", "tcp")
 MESSAGES: list[Any] = [None, "text", b"\x00" * 3, {"nested": [1, (2, 3)]}, b"x" * (1 << 20)]
 STOP = "stop"
@@ -164,7 +162,6 @@ def assert_eof(conn: mpwire.Connection, proc: Any) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", METHODS)
 def test_connection_as_process_argument(method: str, kind: str) -> None:
     ctx = multiprocessing.get_context(method)
     with (
@@ -178,7 +175,6 @@ def test_connection_as_process_argument(method: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", METHODS)
 def test_connection_through_queue(method: str, kind: str) -> None:
     ctx = multiprocessing.get_context(method)
     queue = ctx.Queue()
@@ -202,7 +198,6 @@ def test_connection_through_queue(method: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("method", METHODS)
 def test_connection_over_a_connection(method: str, kind: str) -> None:
     ctx = multiprocessing.get_context(method)
     control, control_child = mpwire.Pipe()
@@ -219,7 +214,6 @@ def test_connection_over_a_connection(method: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["argument", "queue", "connection"])
-@pytest.mark.parametrize("method", METHODS)
 def test_read_ahead_travels_with_the_connection(method: str, how: str) -> None:
     ctx = multiprocessing.get_context(method)
     ours, theirs = mpwire.Pipe()
@@ -253,7 +247,6 @@ def test_read_ahead_travels_with_the_connection(method: str, how: str) -> None:
                 assert recv_from(ours, proc, raw=True) == b"child got: third"
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_sockets_and_stdlib_connections_alongside(method: str) -> None:
     """An mpwire Connection travels in the same arguments as stdlib objects."""
     ctx = multiprocessing.get_context(method)

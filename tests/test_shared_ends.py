@@ -47,16 +47,13 @@ pytestmark = [
 ]
 
 TIMEOUT = 20.0
-METHODS = [
-    pytest.param(
-        method,
-        marks=pytest.mark.skipif(
-            method not in multiprocessing.get_all_start_methods(),
-            reason=f"start method {method!r} unavailable",
-        ),
-    )
-    for method in ("fork", "spawn", "forkserver")
-]
+
+
+@pytest.fixture
+def method(start_method: str) -> str:
+    """The start method of the test (each in turn: see conftest.start_method)."""
+    return start_method
+
 
 READERS = 4
 MESSAGES = 20_000
@@ -367,7 +364,6 @@ def sending_in_thread(send: Callable[[Any], None], messages: Iterable[Any]) -> I
 
 
 @pytest.mark.parametrize("kind", ["one-way", "duplex", "socket"])
-@pytest.mark.parametrize("method", METHODS)
 def test_shared_readers_get_each_message_once(method: str, kind: str) -> None:
     """4 readers take turns on one end under a lock: each message reaches exactly one."""
     ctx = multiprocessing.get_context(method)
@@ -387,7 +383,6 @@ def test_shared_readers_get_each_message_once(method: str, kind: str) -> None:
 
 @pytest.mark.parametrize("readers", ["parent", "children"])
 @pytest.mark.parametrize("kind", ["duplex", "one-way"])
-@pytest.mark.parametrize("method", METHODS)
 def test_shared_writers_with_shared_memory_arrays(method: str, kind: str, readers: str) -> None:
     """4 writers take turns on one end, sending small tuples and 2 MiB arrays.
 
@@ -452,7 +447,6 @@ def test_shared_writers_with_shared_memory_arrays(method: str, kind: str, reader
 
 
 @pytest.mark.parametrize("how", ["argument", "queue", "connection"])
-@pytest.mark.parametrize("method", METHODS)
 def test_read_then_hand_off(method: str, how: str) -> None:
     """The parent reads 3 of 50 messages; the child it hands the end to gets the other 47.
 
@@ -497,7 +491,6 @@ def test_read_then_hand_off(method: str, how: str) -> None:
 # -- 4. poll() and wait() true for every holder ------------------------------------
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_ready_for_the_child_after_the_parent_read(method: str) -> None:
     """The parent reads one of 20 messages; the child sharing the end sees the rest ready."""
     ctx = multiprocessing.get_context(method)
@@ -524,7 +517,6 @@ def test_ready_for_the_child_after_the_parent_read(method: str) -> None:
         assert mpwire.wait([theirs], 0) == []
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_ready_for_the_parent_after_the_child_read(method: str) -> None:
     """The child reads one of 20 messages; the parent sharing the end sees the rest ready."""
     ctx = multiprocessing.get_context(method)
@@ -581,7 +573,6 @@ def test_pipe_holds_as_much_as_the_stdlib(duplex: bool) -> None:
         assert count >= 3_000
 
 
-@pytest.mark.parametrize("method", METHODS)
 def test_tasks_sent_before_the_workers_start(method: str) -> None:
     """1,000 tasks (and a None per worker) go on a one-way Pipe before 4 workers start."""
     ctx = multiprocessing.get_context(method)
@@ -605,7 +596,6 @@ QUEUE_CLASSES = ["Queue", "SimpleQueue", "JoinableQueue"]
 
 
 @pytest.mark.parametrize("name", QUEUE_CLASSES)
-@pytest.mark.parametrize("method", METHODS)
 def test_multiprocessing_queue_over_mpwire(
     method: str, name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from .exceptions import (
     MessageTooLong,
     TLSError,
 )
+from .mp import get_context, install, installed, uninstall
 from .sync import (
     Client,
     Connection,
@@ -43,6 +44,10 @@ __all__ = [
     "answer_challenge",
     "connection",
     "deliver_challenge",
+    "get_context",
+    "install",
+    "installed",
     "shared_array",
+    "uninstall",
     "wait",
 ]

@@ -1,4 +1,4 @@
-"""The ``mpwire`` command line: demo, ping, listen and send.
+"""The ``mpwire`` command line: demo, ping, listen, send, bench and run.
 
 A user's mistake (a bad address, a missing key, a refused connection, a
 wrong key) is one line on stderr and a non-zero exit status, never a
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Iterator
 
-from . import __version__, demo, netcat
+from . import __version__, demo, netcat, run
 from .bench.cli import main as bench_main
 from .exceptions import AuthenticationError
 
@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmark mpwire against the stdlib (--quick, --json, --plot; see bench --help)",
         add_help=False,
     )
+    commands.add_parser(
+        "run",
+        help="run a program with all of multiprocessing on mpwire (run SCRIPT | run -m MODULE)",
+        add_help=False,
+    )
     send = command(
         "send",
         _send,
@@ -141,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # its own parser: see mpwire.bench.cli
         return bench_main(argv[1:])
+    if argv[:1] == ["run"]:  # the rest is the program's command line
+        return run.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

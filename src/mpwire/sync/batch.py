@@ -31,11 +31,14 @@ class Batch:
     join the outer one.
     """
 
-    __slots__ = ("_conn", "_parts", "_queued", "_small", "_timeout", "owner")
+    __slots__ = ("_borrowed", "_conn", "_parts", "_queued", "_small", "_timeout", "owner")
 
-    def __init__(self, conn: Connection, timeout: float | None) -> None:
+    def __init__(self, conn: Connection, timeout: float | None, *, borrowed: bool = False) -> None:
         self._conn = conn
         self._timeout = timeout
+        # The caller keeps every buffer it sends unchanged until the block
+        # ends (a Queue's feeder thread): large ones are queued without a copy.
+        self._borrowed = borrowed
         # The frames queued: buffers too large to copy, and the small frames
         # between them, copied whole into one bytearray per run.
         self._parts: list[Any] = []
@@ -110,7 +113,8 @@ class Batch:
                     continue
                 self._end_small_run()
                 # A bytes object cannot change before the frame leaves; anything else may.
-                self._parts.append(part if type(part) is bytes else bytes(part))
+                borrow = self._borrowed or type(part) is bytes
+                self._parts.append(part if borrow else bytes(part))
                 self._queued += len(part)
         if self._queued + len(self._small) >= _BATCH_BYTES:
             self.flush()
