@@ -224,6 +224,7 @@ def test_user_mistakes_are_one_line(args: list[str], message: str) -> None:
 # -- bench -------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(420)
 def test_bench_quick_writes_json_for_every_scenario_and_a_png(tmp_path: Path) -> None:
     from mpwire.bench.scenarios import PINNED_ROUNDS, SCENARIOS
 
@@ -233,7 +234,7 @@ def test_bench_quick_writes_json_for_every_scenario_and_a_png(tmp_path: Path) ->
         [sys.executable, "-m", "mpwire", "bench", "--quick", "-q", *outputs],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(json_path.read_text())

@@ -93,6 +93,26 @@ Method
     the server, the clients and other work on the machine (/proc/stat) kept
     busy: on a 2-CPU machine, a server and clients that both near 1.0 share
     the machine, and the figure is a floor for the server alone.
+* mp-*: multiprocessing's own classes end to end, under fork, with the
+  program the same for both: the ``mpwire`` side calls ``mpwire.install()``
+  first (as ``mpwire run`` does), the ``faster-fifo`` side (the bench extra)
+  swaps the Queue for ``faster_fifo.Queue``. The measuring process is the
+  consumer or the user of the Pool, executor or manager, and starts the
+  processes it needs itself:
+  - mp-queue-1producer / -4producers: small dicts put by 1 or 4 producer
+    processes, taken one ``get()`` at a time; messages per second, the
+    median of batches as for the streams; ``-vs-faster-fifo`` compares with
+    faster-fifo's Queue instead of the stdlib's;
+  - mp-pool-map-20k: ``Pool(2).map`` of 20,000 tiny tasks with
+    ``chunksize=1``, three times; tasks per second;
+  - mp-executor-numpy-64MiB / mp-queue-numpy-64MiB: a 64 MiB float64 array
+    as a ``ProcessPoolExecutor`` argument, or through a ``Queue`` on request;
+    GB/s as for the bulk transfers, and the receiving process's peak RSS
+    growth over the payload;
+  - mp-manager-dict: one key of a ``Manager().dict()`` set and read,
+    alternately; operations per second;
+  - mp-manager-proxies: ``Manager().list()`` proxies created and dropped,
+    each opening connections to the manager; proxies per second.
 * ratio > 1 always means the candidate is better: candidate/baseline for
   rates, baseline/candidate where lower is better (peak RSS / payload, seconds).
 * Every process pair is bounded by a timeout and killed when it runs over, or

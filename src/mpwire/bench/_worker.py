@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from . import multiproc
 from .scenarios import MODULES
 
 ASYNCIO = "mpwire.asyncio"
@@ -847,6 +848,8 @@ def _pipe_end(mod: Any, spec: dict[str, Any]) -> Any:
 def run_server(mod: Any, spec: dict[str, Any], authkey: bytes) -> dict[str, Any]:
     """Bind, announce the address, then serve one connection (or many, for connect, clients)."""
     kind, params = spec["kind"], spec["params"]
+    if kind in multiproc.KINDS:
+        return multiproc.run(kind, spec["impl"], params)
     if kind == "stream-shared":
         folder = Path(spec["result"]).parent
         return server_stream_shared(mod, params, folder, spec.get("ready_timeout", 30.0))

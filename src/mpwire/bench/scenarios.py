@@ -15,6 +15,7 @@ MODULES: dict[str, str] = {
     "mpwire": "mpwire.connection",
     "mpwire.asyncio": "mpwire.asyncio",
     "pyzmq": "mpwire.bench.zmq_peer",
+    "faster-fifo": "faster_fifo",
 }
 """What a scenario can compare: name -> module (imported only in the children)."""
 
@@ -104,6 +105,10 @@ _STREAM = {"size": 1024, "count": 200_000, "warmup": 5_000, "batches": 5}
 _STREAM_QUICK = {"count": 40_000, "warmup": 2_000, "batches": 3}
 _SHARED = {**_STREAM, "readers": 4, "start_method": "fork", "client_processes": 0}
 """The 1 KiB stream into one end shared by 4 readers: no client process, the server starts them."""
+_MP = {"start_method": "fork", "client_processes": 0}
+"""A multiprocessing scenario: no client process, the server starts what it needs (fork)."""
+_MP_QUEUE = {**_MP, "count": 100_000, "warmup": 5_000, "batches": 5}
+_MP_QUEUE_QUICK = {"count": 10_000, "warmup": 1_000, "batches": 3}
 _SIZES = (("64B", 64, 200_000), ("16KiB", 16384, 16_000), ("256KiB", 256 * 1024, 1_000))
 """The stream sizes besides 1 KiB, for throughput against message size (``--plot``)."""
 _BULK = {"size": 64 * MiB, "transfers": 6}
@@ -200,6 +205,108 @@ def _bulk(
         requires=requires,
         **kwargs,
     )
+
+
+def _multiprocessing() -> list[Scenario]:
+    """multiprocessing's classes end to end (see mpwire.bench.multiproc), all under fork."""
+    queues = [
+        Scenario(
+            f"mp-queue-{name}{versus}/fork",
+            kind="mp-queue",
+            transport="fork",
+            description=f"Queue of small dicts, {how} to 1 consumer, one get() each",
+            params={**_MP_QUEUE, "producers": producers},
+            quick_params=_MP_QUEUE_QUICK,
+            measured_by="server",
+            metrics=(Metric("rate", "messages/s"),),
+            **extra,
+        )
+        for name, producers, how in (
+            ("1producer", 1, "1 producer"),
+            ("4producers", 4, "4 producers"),
+        )
+        for versus, extra in _AGAINST_FASTER_FIFO
+    ]
+    arrays = [
+        Scenario(
+            f"mp-{kind.removeprefix('mp-').removesuffix('-array')}-numpy-64MiB{versus}/fork",
+            kind=kind,
+            transport="fork",
+            description=description,
+            params={**_MP, **_BULK},
+            quick_params=_BULK_QUICK,
+            measured_by="server",
+            metrics=_BULK_METRICS,
+            **{**extra, "requires": ("numpy", *extra.get("requires", ()))},
+        )
+        for kind, description, against in (
+            (
+                "mp-executor-array",
+                "a 64 MiB float64 array as a ProcessPoolExecutor argument; worker's peak RSS",
+                _AGAINST_FASTER_FIFO[:1],
+            ),
+            (
+                "mp-queue-array",
+                "a 64 MiB float64 array through a Queue, on request; receiver's peak RSS",
+                _AGAINST_FASTER_FIFO,
+            ),
+        )
+        for versus, extra in against
+    ]
+    return [
+        *queues,
+        *(
+            Scenario(
+                name,
+                kind=kind,
+                transport="fork",
+                description=description,
+                params={**_MP, **params},
+                quick_params=quick,
+                measured_by="server",
+                metrics=(Metric("rate", unit),),
+            )
+            for name, kind, description, params, quick, unit in _MP_RATES
+        ),
+        *arrays,
+    ]
+
+
+_MP_RATES: tuple[tuple[str, str, str, dict[str, int], dict[str, int], str], ...] = (
+    (
+        "mp-pool-map-20k/fork",
+        "mp-pool-map",
+        "Pool(2).map of 20,000 tiny tasks with chunksize=1",
+        {"count": 20_000, "warmup": 2_000, "batches": 3, "processes": 2},
+        {"count": 2_000, "warmup": 200},
+        "tasks/s",
+    ),
+    (
+        "mp-manager-dict/fork",
+        "mp-manager-dict",
+        "Manager().dict(): one key set and read, alternately",
+        {"count": 20_000, "warmup": 1_000, "batches": 5},
+        {"count": 2_000, "warmup": 200, "batches": 3},
+        "operations/s",
+    ),
+    (
+        "mp-manager-proxies/fork",
+        "mp-manager-proxies",
+        "Manager().list() proxies created and dropped (connections each)",
+        {"count": 1_000, "warmup": 50, "batches": 5},
+        {"count": 100, "warmup": 10, "batches": 3},
+        "proxies/s",
+    ),
+)
+"""The multiprocessing scenarios measured as a rate: name, kind, description, params, unit."""
+
+_PRODUCERS = (("1producer", 1, "1 producer"), ("4producers", 4, "4 producers"))
+
+_AGAINST_FASTER_FIFO: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("", {}),
+    ("-vs-faster-fifo", {"baseline": "faster-fifo", "requires": ("faster_fifo",)}),
+)
+"""A Queue scenario against the stdlib, and the same against faster-fifo's Queue."""
 
 
 SCENARIOS: list[Scenario] = [
@@ -368,6 +475,7 @@ SCENARIOS: list[Scenario] = [
         )
         for size in ("64MiB", "256MiB")
     ),
+    *_multiprocessing(),
 ]
 """Every scenario, in the order they run."""
 
