@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 import mpwire
+from mpwire.mp import installer as install_module
 from mpwire.mp import queues as mp_queues
 
 pytestmark = [
@@ -41,19 +42,32 @@ pytestmark = [
 TIMEOUT = 30.0
 
 
+def _watched(value: object) -> bool:
+    try:
+        return str(getattr(value, "__module__", "") or "").startswith("mpwire")
+    except Exception:
+        return False
+
+
 def _snapshot() -> dict[str, dict[str, int]]:
-    """The identity of every binding install() could touch."""
+    """The identity of every binding install() could touch: its originals and mpwire's objects.
+
+    (Other modules' globals change on their own: hypothesis keeps counters in its.)
+    """
+    originals = {id(original) for original, _ in install_module._replacements().values()}
     seen = {
-        name: {key: id(value) for key, value in vars(module).items()}
+        name: {
+            key: id(value)
+            for key, value in list(vars(module).items())
+            if id(value) in originals or _watched(value)
+        }
         for name, module in list(sys.modules.items())
         if isinstance(getattr(module, "__dict__", None), dict)
     }
-    seen["<listener_client>"] = {
-        key: id(value) for key, value in multiprocessing.managers.listener_client.items()
-    }
-    seen["<BaseContext>"] = {
-        key: id(value) for key, value in vars(multiprocessing.context.BaseContext).items()
-    }
+    listener_client = multiprocessing.managers.listener_client
+    seen["<listener_client>"] = {key: id(value) for key, value in listener_client.items()}
+    base_context = vars(multiprocessing.context.BaseContext)
+    seen["<BaseContext>"] = {key: id(value) for key, value in base_context.items()}
     return seen
 
 

@@ -1,6 +1,6 @@
 """All of multiprocessing on mpwire: a context of its own, or installed for the program."""
 
 from .context import get_context
-from .install import install, installed, uninstall
+from .installer import install, installed, uninstall
 
 __all__ = ["get_context", "install", "installed", "uninstall"]
