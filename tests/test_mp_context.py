@@ -18,6 +18,8 @@ import multiprocessing.pool
 import multiprocessing.queues
 import os
 import signal
+import threading
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -198,6 +200,23 @@ def test_queue_feeder_reports_what_will_not_pickle(ctx: Any) -> None:
     q.close()
     q.join_thread()
     assert reported == [bad]
+
+
+class Referenced:
+    """An object whose lifetime a weak reference watches."""
+
+
+def test_queue_keeps_no_reference_to_what_it_sent(ctx: Any) -> None:
+    """Once an object left, the feeder thread holds nothing of it (as the stdlib's)."""
+    q = ctx.Queue()
+    obj = Referenced()
+    gone = threading.Event()
+    watch = weakref.ref(obj, lambda _: gone.set())
+    q.put(obj)
+    del obj
+    assert isinstance(q.get(timeout=TIMEOUT), Referenced)
+    assert gone.wait(TIMEOUT)  # the feeder lets go once its batch is written
+    assert watch() is None
 
 
 def test_joinable_queue(ctx: Any) -> None:

@@ -130,6 +130,7 @@ def _feed(
     An object that will not pickle is dropped and reported to ``onerror``,
     as the stdlib's feeder does; the sentinel that ``close()`` appends ends
     the thread once everything before it left, closing this process's ends.
+    Nothing sent stays referenced here while the thread waits.
     """
     sentinel = queues._sentinel  # type: ignore[attr-defined]
     while True:
@@ -138,36 +139,49 @@ def _feed(
                 notempty.wait()
         objects = []
         while buffer:
-            objects.append(buffer.popleft())
-        try:
-            last = objects.index(sentinel)
-        except ValueError:
-            last = len(objects)
-        failed: list[tuple[Exception, Any]] = []
-        obj = None
-        try:
-            with writelock, Batch(writer, None, borrowed=True):
-                for obj in objects[:last]:
-                    try:
-                        writer.send(obj)
-                    except Exception as error:
-                        if _broken_write(error):
-                            raise
-                        failed.append((error, obj))
-        except Exception as exc:
-            if ignore_epipe and getattr(exc, "errno", 0) == errno.EPIPE:
-                return
-            if is_exiting():
-                info("error in queue thread: %s", exc)
-                return
-            failed.append((exc, obj))
+            obj = buffer.popleft()
+            if obj is sentinel:
+                break
+            objects.append(obj)
+        else:
+            obj = None
+        failed = _send_batch(writer, writelock, objects, ignore_epipe)
+        del objects
+        if failed is None:
+            return  # the reader is gone and the queue was told to ignore that
         for failure in failed:
             queue_sem.release()  # the object never went: free its slot
             onerror(*failure)
-        if last < len(objects):
+        del failed
+        if obj is sentinel:
             reader.close()
             writer.close()
             return
+
+
+def _send_batch(
+    writer: Connection, writelock: Any, objects: list[Any], ignore_epipe: bool
+) -> list[tuple[Exception, Any]] | None:
+    """Send ``objects`` in one batch: those that failed, and why (None: stop quietly)."""
+    failed: list[tuple[Exception, Any]] = []
+    obj = None
+    try:
+        with writelock, Batch(writer, None, borrowed=True):
+            for obj in objects:
+                try:
+                    writer.send(obj)
+                except Exception as error:
+                    if _broken_write(error):
+                        raise
+                    failed.append((error, obj))
+    except Exception as exc:
+        if ignore_epipe and getattr(exc, "errno", 0) == errno.EPIPE:
+            return None
+        if is_exiting():
+            info("error in queue thread: %s", exc)
+            return None
+        failed.append((exc, obj))
+    return failed
 
 
 def _broken_write(exc: Exception) -> bool:

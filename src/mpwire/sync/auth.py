@@ -28,8 +28,12 @@ def run_handshake(
     """Authenticate ``connection`` in ``role``; raise AuthenticationError on failure.
 
     With a ``deadline`` (a ``time.monotonic()`` value; mpwire Connections
-    only), a peer that is too slow makes it raise TimeoutError. Returns the
-    ``extensions`` the peer offered too (see :class:`Handshake`).
+    only), a peer that is too slow to answer makes it raise TimeoutError.
+    Sends take no timeout: a handshake's messages are a few hundred bytes in
+    all, which a connection's socket buffer takes at once unless the peer
+    left it full, and a connection is authenticated before anything else is
+    sent on it. Returns the ``extensions`` the peer offered too (see
+    :class:`Handshake`).
     """
     handshake = Handshake(
         authkey, role, digest=digest, allow_legacy=allow_legacy, extensions=extensions
@@ -40,7 +44,7 @@ def run_handshake(
             limits["timeout"] = max(0.0, deadline - time.monotonic())
         for message in handshake.messages_to_send():
             try:
-                connection.send_bytes(message, **limits)
+                connection.send_bytes(message)
             except OSError:
                 # The peer may hang up before our #FAILURE# reaches it; the
                 # authentication failure is the error worth reporting.

@@ -250,56 +250,58 @@ class Listener:
                 ready = poller.poll(None if wake == math.inf else _poll_ms(wake))
                 for fd, _ in ready:
                     if fd == listening.fileno():
-                        self._start_handshakes(listening)
+                        self._start_handshake(listening)
                     elif fd in self._pending:
                         conn = self._advance(self._pending[fd])
                         if conn is not None:
                             return conn
-                self._drop_expired()
+                if wake != math.inf and time.monotonic() >= wake:
+                    self._drop_expired()
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError("accept timed out")
         finally:
             self._paused_at = time.monotonic()
         self._out_of_fds_until = 0.0
 
-    def _start_handshakes(self, listening: socket.socket) -> None:
-        """Accept every waiting client and start its handshakes.
+    def _start_handshake(self, listening: socket.socket) -> None:
+        """Accept a waiting client and start its handshakes.
 
-        Out of file descriptors (a flood of clients that say nothing, say),
-        it stops accepting for a moment instead of spinning, while the
-        handshakes under way finish or run out of time and free theirs.
+        One per wake-up: the next waiting client wakes the poll again, and
+        none waits behind a burst. Out of file descriptors (a flood of
+        clients that say nothing, say), it stops accepting for a moment
+        instead of spinning, while the handshakes under way finish or run out
+        of time and free theirs.
         """
         limit = self._handshake_timeout
-        while True:
-            try:
-                sock, peer = listening.accept()
-            except (BlockingIOError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno not in _OUT_OF_RESOURCES:
-                    raise
-                self._out_of_fds_until = time.monotonic() + ACCEPT_BACKOFF
-                return
-            sock.setblocking(False)
-            if is_tcp(sock):
-                set_nodelay(sock.fileno(), True)
-            channel: socket.socket | TLSSocket = sock
-            if self._ssl_context is not None:
-                channel = TLSSocket(sock, self._ssl_context, server_side=True)
-            handshake = None
-            if self._authkey is not None:
-                handshake = FramedHandshake(
-                    self._authkey,
-                    Role.LISTENER,
-                    digest=self._digest,
-                    allow_legacy=self._allow_legacy,
-                    extensions=shm.offer(sock, channel is not sock, self._shared_memory),
-                )
-            end = math.inf if limit is None else time.monotonic() + limit
-            pending = _Pending(channel, peer, handshake, end)
-            self._pending[channel.fileno()] = pending
-            if not pending.tls:
-                self._send_or_drop(pending)
+        try:
+            sock, peer = listening.accept()
+        except (BlockingIOError, ConnectionAbortedError):
+            return
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_RESOURCES:
+                raise
+            self._out_of_fds_until = time.monotonic() + ACCEPT_BACKOFF
+            return
+        sock.setblocking(False)
+        if is_tcp(sock):
+            set_nodelay(sock.fileno(), True)
+        channel: socket.socket | TLSSocket = sock
+        if self._ssl_context is not None:
+            channel = TLSSocket(sock, self._ssl_context, server_side=True)
+        handshake = None
+        if self._authkey is not None:
+            handshake = FramedHandshake(
+                self._authkey,
+                Role.LISTENER,
+                digest=self._digest,
+                allow_legacy=self._allow_legacy,
+                extensions=shm.offer(sock, channel is not sock, self._shared_memory),
+            )
+        end = math.inf if limit is None else time.monotonic() + limit
+        pending = _Pending(channel, peer, handshake, end)
+        self._pending[channel.fileno()] = pending
+        if not pending.tls:
+            self._send_or_drop(pending)
 
     def _advance(self, pending: _Pending) -> Connection | None:
         """Take what a client sent: its Connection once it has come through.
