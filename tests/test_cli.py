@@ -93,7 +93,7 @@ def test_ping_a_stdlib_listener_with_the_right_key(stdlib_listener: str) -> None
     assert lines[0].startswith(f"connected to {stdlib_listener} in ")
     digest = "md5 (the legacy form" if sys.version_info < (3, 12) else "sha256"
     assert lines[1].startswith("authenticated in ") and f"challenged with {digest}" in lines[1]
-    assert lines[2] == "mpwire extensions: none offered (a stdlib listener, or mpwire over TCP)"
+    assert lines[2] == "mpwire extensions: none offered (a stdlib listener)"
 
 
 def test_ping_an_mpwire_listener_reports_its_offer(tmp_path: Path) -> None:
@@ -110,7 +110,8 @@ def test_ping_an_mpwire_listener_reports_its_offer(tmp_path: Path) -> None:
         server.join(30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[2] == (
-        "mpwire extensions: offered shm (shared memory for large arrays)"
+        "mpwire extensions: offered early-challenge (a handshake in two round trips), "
+        "shm (shared memory for large arrays)"
     )
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mpwire.exceptions import AuthenticationError
 from mpwire.protocol.handshake import (
     CHALLENGE,
+    EARLY_CHALLENGE,
     EXTENSIONS_MARK,
     FAILURE,
     MESSAGE_LENGTH,
@@ -77,15 +78,15 @@ def test_both_ends_use_the_extensions_both_offered(
     client = Handshake(b"key", Role.CLIENT, extensions=client_offers)
     converse(listener, client)
     assert listener.done and client.done
-    assert listener.agreed == client.agreed == agreed
+    assert listener.agreed == client.agreed == agreed | {EARLY_CHALLENGE}
 
 
 def test_an_offer_follows_the_random_bytes_and_a_stdlib_challenge_offers_nothing() -> None:
     challenge = Handshake(b"key", Role.LISTENER, extensions={"shm"}).messages_to_send()[0]
     body = challenge.removeprefix(CHALLENGE)
     assert body.startswith(b"{sha256}")
-    assert body[8 + MESSAGE_LENGTH :] == EXTENSIONS_MARK + b"shm"
-    assert offered_extensions(body) == {"shm"}
+    assert body[8 + MESSAGE_LENGTH :] == EXTENSIONS_MARK + b"early-challenge,shm"
+    assert offered_extensions(body) == {"shm", EARLY_CHALLENGE}
     assert offered_extensions(b"{sha256}" + os.urandom(MESSAGE_LENGTH)) == frozenset()
     assert offered_extensions(os.urandom(20)) == frozenset()  # legacy
 
@@ -99,11 +100,12 @@ def test_a_meddler_cannot_change_an_offer(side: str, change: str) -> None:
     client = Handshake(b"key", Role.CLIENT, extensions=offers)
     source, target = (listener, client) if side == "listener" else (client, listener)
     if side == "client":
-        converse_until_client_challenges(listener, client)
-    challenge = source.messages_to_send()[0]
+        challenge = converse_until_client_challenges(listener, client)
+    else:
+        challenge = source.messages_to_send()[0]
     assert challenge.startswith(CHALLENGE)
     if change == "add":
-        challenge += EXTENSIONS_MARK + b"shm"
+        challenge = challenge.replace(EARLY_CHALLENGE.encode(), EARLY_CHALLENGE.encode() + b",shm")
     else:
         challenge = challenge[: challenge.index(EXTENSIONS_MARK)]
     target.receive(challenge)
@@ -112,11 +114,61 @@ def test_a_meddler_cannot_change_an_offer(side: str, change: str) -> None:
     assert not (listener.done and client.done)
 
 
-def converse_until_client_challenges(listener: Handshake, client: Handshake) -> None:
-    """Run the first half (the listener's challenge) so the client's challenge is next."""
+def converse_until_client_challenges(listener: Handshake, client: Handshake) -> bytes:
+    """Run the handshake up to the client's challenge, and return that challenge unsent."""
     client.receive(listener.messages_to_send()[0])
-    listener.receive(client.messages_to_send()[0])
+    answer, challenge = client.messages_to_send()
+    listener.receive(answer)
+    return challenge
+
+
+def test_a_client_challenges_behind_its_answer_when_the_listener_offers_it() -> None:
+    """Two round trips: the listener's welcome and answer go together too."""
+    listener = Handshake(b"key", Role.LISTENER)
+    client = Handshake(b"key", Role.CLIENT)
     client.receive(listener.messages_to_send()[0])
+    answer, challenge = client.messages_to_send()
+    assert challenge.startswith(CHALLENGE)
+    listener.receive(answer)
+    listener.receive(challenge)
+    welcome, response = listener.messages_to_send()
+    assert welcome == WELCOME
+    assert listener.done is False
+    client.receive(welcome)
+    client.receive(response)
+    assert client.messages_to_send() == [WELCOME] and client.done
+    listener.receive(WELCOME)
+    assert listener.done
+
+
+def test_a_client_challenges_a_stdlib_listener_only_once_welcomed() -> None:
+    """A stdlib listener (challenge, then answer) offers nothing, and reads message by message."""
+    challenger = Handshake(b"key", Role.CHALLENGER)
+    answerer = Handshake(b"key", Role.ANSWERER)
+    client = Handshake(b"key", Role.CLIENT)
+    client.receive(challenger.messages_to_send()[0])
+    (answer,) = client.messages_to_send()
+    challenger.receive(answer)
+    client.receive(challenger.messages_to_send()[0])
+    (challenge,) = client.messages_to_send()
+    answerer.receive(challenge)
+    client.receive(answerer.messages_to_send()[0])
+    answerer.receive(client.messages_to_send()[0])
+    assert challenger.done and answerer.done and client.done
+    assert client.agreed == frozenset()
+
+
+def test_a_listener_that_rejects_an_early_client_says_so_before_its_challenge() -> None:
+    listener = Handshake(b"key", Role.LISTENER)
+    client = Handshake(b"other", Role.CLIENT)
+    client.receive(listener.messages_to_send()[0])
+    answer, _ = client.messages_to_send()
+    listener.receive(answer)
+    assert listener.messages_to_send() == [FAILURE]
+    assert listener.error is not None
+    client.receive(FAILURE)
+    with pytest.raises(AuthenticationError, match="digest sent was rejected"):
+        client.raise_for_failure()
 
 
 def test_modern_challenge_prefixes_the_digest() -> None:

@@ -530,7 +530,7 @@ def test_arrays_sent_right_behind_the_handshake_keep_their_descriptors(
     gate = threading.Event()
 
     def late(pending: Any, handshake: Any) -> Any:
-        if handshake._handshake.peer_extensions:  # answered the client: its last one is next
+        if handshake.peer_extensions:  # answered the client: its last one is next
             gate.wait(10)  # let the client's first messages queue behind it
         return receive(pending, handshake)
 

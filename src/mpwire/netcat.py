@@ -102,7 +102,7 @@ class PingReport:
     digest: str | None
     """The HMAC the listener's challenge asked for, or None if it sent none."""
     extensions: frozenset[str] = frozenset()
-    """What the listener's challenge offered (mpwire listeners on Unix sockets offer "shm")."""
+    """What the listener's challenge offered (mpwire's: "early-challenge", and "shm" on Unix)."""
 
     def lines(self) -> list[str]:
         out = [f"connected to {describe(self.address)} in {self.connect_seconds * 1000:.2f} ms"]
@@ -121,11 +121,14 @@ class PingReport:
             offered = ", ".join(_EXTENSION_NAMES.get(e, e) for e in sorted(self.extensions))
             out.append(f"mpwire extensions: offered {offered}")
         else:
-            out.append("mpwire extensions: none offered (a stdlib listener, or mpwire over TCP)")
+            out.append("mpwire extensions: none offered (a stdlib listener)")
         return out
 
 
-_EXTENSION_NAMES = {"shm": "shm (shared memory for large arrays)"}
+_EXTENSION_NAMES = {
+    "early-challenge": "early-challenge (a handshake in two round trips)",
+    "shm": "shm (shared memory for large arrays)",
+}
 
 
 def _digest_of(challenge: bytes) -> str:

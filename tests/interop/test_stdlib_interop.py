@@ -273,8 +273,9 @@ def transcript_shapes(result: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def mpwire_challenge(offers: bool) -> str:
-    """mpwire's challenge: modern, offering shared memory from a blocking Unix socket end."""
-    return "challenge{sha256}+40" + (" offering shm" if offers else "")
+    """mpwire's challenge: modern, offering the early challenge (a listener's or client's),
+    and shared memory from a blocking Unix socket end (``offers``)."""
+    return "challenge{sha256}+40 offering early-challenge" + (",shm" if offers else "")
 
 
 def expected_handshake(

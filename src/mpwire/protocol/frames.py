@@ -231,7 +231,8 @@ class FrameDecoder:
         self.received = 0  # bytes taken in, in all
         self.ready: deque[bytes] = deque()
         """Small payloads split off a read, first in line (see next_payload())."""
-        self.feed(initial)
+        if initial:
+            self.feed(initial)
 
     @property
     def pending(self) -> bool:

@@ -20,21 +20,31 @@ answers any other: with an HMAC of the whole message. So stdlib peers ignore
 the offer, and neither offer can be altered without failing the check: the
 listener's offer is in the message the client answers, the client's in the
 message the listener answers. Both ends use the extensions both offered.
+
+Listeners and clients always offer :data:`EARLY_CHALLENGE`: a client that
+sees it in the listener's challenge sends its own challenge right behind its
+answer, and the listener sends its welcome and its answer together. The
+handshake then takes two round trips instead of three. A stdlib listener
+never offers it, and reads one message at a time anyway.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
+import functools
 import hmac
 import os
-from collections.abc import Callable, Generator, Iterable
+import struct
+from collections.abc import Callable, Iterable
 from typing import Final
 
-from ..exceptions import AuthenticationError, FrameError
-from .frames import FrameDecoder, ReadInto, encode_short_header
+from ..exceptions import AuthenticationError
+from .frames import ReadInto, encode_short_header
 
 __all__ = [
     "CHALLENGE",
+    "EARLY_CHALLENGE",
     "EXTENSIONS_MARK",
     "FAILURE",
     "MAX_HANDSHAKE_MESSAGE",
@@ -60,6 +70,12 @@ LEGACY_MESSAGE_LENGTH: Final = 20
 MAX_HANDSHAKE_MESSAGE: Final = 256
 """No handshake message may be longer (the stdlib's limit too)."""
 
+_HEADER_SIZE: Final = 4
+_unpack_size = struct.Struct("!i").unpack_from
+_FRAME_ROOM: Final = _HEADER_SIZE + MAX_HANDSHAKE_MESSAGE
+_BUFFER_SIZE: Final = 1024
+"""A framed handshake's receive buffer: a few frames, and what follows them."""
+
 _MD5_DIGEST_LENGTH: Final = 16
 _LEGACY_LENGTHS: Final = (LEGACY_MESSAGE_LENGTH, _MD5_DIGEST_LENGTH)
 ALLOWED_DIGESTS: Final = frozenset(
@@ -71,6 +87,9 @@ _MAX_DIGEST_NAME: Final = max(len(name) for name in ALLOWED_DIGESTS)
 
 EXTENSIONS_MARK: Final = b"\0mpwire-extensions:"
 """Follows the random bytes of a challenge that offers extensions (never in a stdlib one)."""
+
+EARLY_CHALLENGE: Final = "early-challenge"
+"""The extension by which a listener takes the client's challenge behind its answer."""
 
 
 def split_digest(message: bytes) -> tuple[str, bytes]:
@@ -90,6 +109,7 @@ def split_digest(message: bytes) -> tuple[str, bytes]:
     )
 
 
+@functools.cache
 def offer(extensions: frozenset[str]) -> bytes:
     """What follows a challenge's random bytes to offer ``extensions`` (nothing for none)."""
     if not extensions:
@@ -99,17 +119,27 @@ def offer(extensions: frozenset[str]) -> bytes:
 
 def offered_extensions(message: bytes) -> frozenset[str]:
     """The extensions a challenge message (after ``#CHALLENGE#``) offers: none from the stdlib."""
-    payload = split_digest(message)[1]
+    return _offered_in(split_digest(message)[1])
+
+
+def _offered_in(payload: bytes) -> frozenset[str]:
     tail = payload[MESSAGE_LENGTH:]
     if not tail.startswith(EXTENSIONS_MARK):
         return frozenset()
-    names = tail[len(EXTENSIONS_MARK) :].decode("ascii", "replace").split(",")
-    return frozenset(name for name in names if name)
+    return _names(tail[len(EXTENSIONS_MARK) :])
+
+
+@functools.lru_cache(maxsize=64)
+def _names(offer: bytes) -> frozenset[str]:
+    return frozenset(name for name in offer.decode("ascii", "replace").split(",") if name)
 
 
 def create_response(authkey: bytes, message: bytes) -> bytes:
     """The answer to a challenge ``message``: its HMAC in the style it asks for."""
-    digest = split_digest(message)[0]
+    return _respond(authkey, message, split_digest(message)[0])
+
+
+def _respond(authkey: bytes, message: bytes, digest: str) -> bytes:
     if not digest:
         return hmac.digest(authkey, message, "md5")
     mac = hmac.digest(authkey, message, digest)
@@ -152,9 +182,6 @@ class Role(enum.Enum):
     """Only answers (``answer_challenge``)."""
 
 
-_Steps = Generator[None, bytes, None]
-
-
 class Handshake:
     """One side's handshake: feed it the peer's messages, send what it queues.
 
@@ -173,8 +200,9 @@ class Handshake:
     driver sends it and then raises, as the stdlib does. ``digest`` names the
     HMAC our challenges ask for; without ``allow_legacy``, unprefixed
     (HMAC-MD5) challenges and answers are refused, so a peer or a meddler
-    cannot downgrade a modern pair. Our challenge offers ``extensions``;
-    once done, :attr:`agreed` holds those the peer's challenge offered too.
+    cannot downgrade a modern pair. Our challenge offers ``extensions``
+    (and :data:`EARLY_CHALLENGE` as a listener or client); once done,
+    :attr:`agreed` holds those the peer's challenge offered too.
     """
 
     def __init__(
@@ -195,15 +223,22 @@ class Handshake:
         self._digest = digest
         self._allow_legacy = allow_legacy
         self._urandom = urandom
-        self.extensions = frozenset(extensions)
+        self._client = role is _CLIENT
+        paired = self._client or role is _LISTENER
+        self.extensions = frozenset(extensions) | _EARLY if paired else frozenset(extensions)
         """What our challenge offers."""
-        self.peer_extensions: frozenset[str] = frozenset()
+        self.peer_extensions: frozenset[str] = _NONE
         """What the peer's challenge offered."""
         self._outgoing: list[bytes] = []
         self.error: AuthenticationError | None = None
         self.done = False
-        self._steps = self._run(role)
-        self._advance(None)
+        self._challenge: bytes | None = None
+        """Our challenge's message (what its answer must cover), once sent."""
+        self._steps = _STEPS[role.value]
+        """What takes each of the peer's messages, in order."""
+        self._next = 0
+        if role is _LISTENER or role is _CHALLENGER:
+            self._send_challenge()
 
     @property
     def agreed(self) -> frozenset[str]:
@@ -219,67 +254,86 @@ class Handshake:
         """Take the peer's next message."""
         if self.done or self.error is not None:
             raise AuthenticationError("handshake already finished")
-        self._advance(message)
+        self._take(message)
 
     def raise_for_failure(self) -> None:
         """Raise the handshake's AuthenticationError, if it failed."""
         if self.error is not None:
             raise self.error
 
-    def _advance(self, message: bytes | None) -> None:
+    def _take(self, message: bytes) -> None:
+        step = self._next
+        self._next = step + 1
         try:
-            if message is None:
-                next(self._steps)
-            else:
-                self._steps.send(message)
-        except StopIteration:
-            self.done = True
+            self._steps[step](self, message)
         except AuthenticationError as exc:
             self.error = exc
+            return
+        if step + 1 == len(self._steps):
+            self.done = True
 
-    def _run(self, role: Role) -> _Steps:
-        if role in (Role.LISTENER, Role.CHALLENGER):
-            yield from self._challenge()
-        if role in (Role.LISTENER, Role.CLIENT, Role.ANSWERER):
-            yield from self._answer()
-        if role is Role.CLIENT:
-            yield from self._challenge()
-
-    def _challenge(self) -> _Steps:
+    def _send_challenge(self) -> None:
         random = self._urandom(MESSAGE_LENGTH)
         message = b"{%s}%s%s" % (self._digest.encode("ascii"), random, offer(self.extensions))
         self._outgoing.append(CHALLENGE + message)
-        response = yield
+        self._challenge = message
+
+    def _check_answer(self, response: bytes) -> None:
+        assert self._challenge is not None
         try:
-            verify_response(self._authkey, message, response, allow_legacy=self._allow_legacy)
+            verify_response(
+                self._authkey, self._challenge, response, allow_legacy=self._allow_legacy
+            )
         except AuthenticationError:
             self._outgoing.append(FAILURE)
             raise
         self._outgoing.append(WELCOME)
 
-    def _answer(self) -> _Steps:
-        message = yield
+    def _answer(self, message: bytes) -> None:
         if not message.startswith(CHALLENGE):
             raise AuthenticationError(f"Protocol error, expected challenge: message={message!r}")
         message = message[len(CHALLENGE) :]
         if len(message) < LEGACY_MESSAGE_LENGTH:
             raise AuthenticationError(f"challenge too short: {len(message)} bytes")
-        if not self._allow_legacy and split_digest(message)[0] in _LEGACY_DIGESTS:
+        digest, payload = split_digest(message)
+        if not self._allow_legacy and digest in _LEGACY_DIGESTS:
             raise AuthenticationError("legacy challenge refused (allow_legacy_auth=False)")
-        self.peer_extensions = offered_extensions(message)
-        self._outgoing.append(create_response(self._authkey, message))
-        if (yield) != WELCOME:
+        self.peer_extensions = _offered_in(payload)
+        self._outgoing.append(_respond(self._authkey, message, digest))
+        if self._client and EARLY_CHALLENGE in self.peer_extensions:
+            self._send_challenge()
+
+    def _await_welcome(self, message: bytes) -> None:
+        if message != WELCOME:
             raise AuthenticationError("digest sent was rejected")
+        if self._client and self._challenge is None:
+            self._send_challenge()
 
 
-class FramedHandshake:
+_LISTENER: Final = Role.LISTENER
+_CLIENT: Final = Role.CLIENT
+_CHALLENGER: Final = Role.CHALLENGER
+_EARLY: Final = frozenset({EARLY_CHALLENGE})
+_NONE: Final[frozenset[str]] = frozenset()
+_STEPS: Final[dict[str, tuple[Callable[[Handshake, bytes], None], ...]]] = {
+    Role.LISTENER.value: (Handshake._check_answer, Handshake._answer, Handshake._await_welcome),
+    Role.CHALLENGER.value: (Handshake._check_answer,),
+    Role.CLIENT.value: (Handshake._answer, Handshake._await_welcome, Handshake._check_answer),
+    Role.ANSWERER.value: (Handshake._answer, Handshake._await_welcome),
+}
+"""Per role, what takes each of the peer's messages, in order."""
+
+
+class FramedHandshake(Handshake):
     """A Handshake over a byte stream: received bytes in, bytes to send out.
 
-    For front ends that multiplex many handshakes on non-blocking sockets. The
-    frames are capped at ``MAX_HANDSHAKE_MESSAGE`` bytes whatever the
-    connection's own limit, and a malformed or oversized one fails the
-    handshake. Bytes the peer sent after it (its first messages) are kept in
-    :meth:`leftover` for the connection's own decoder.
+    For front ends that multiplex many handshakes on non-blocking sockets,
+    and for a client's handshake before its Connection exists. The frames
+    are capped at ``MAX_HANDSHAKE_MESSAGE`` bytes whatever the connection's
+    own limit, and a malformed or oversized one fails the handshake. Bytes
+    the peer sent after it (its first messages) are kept in :meth:`leftover`
+    for the connection's own decoder. The frames are so short that a small
+    buffer of its own serves, not a connection's decoder.
     """
 
     def __init__(
@@ -291,68 +345,82 @@ class FramedHandshake:
         allow_legacy: bool = True,
         extensions: Iterable[str] = (),
     ) -> None:
-        self._handshake = Handshake(
+        super().__init__(
             authkey, role, digest=digest, allow_legacy=allow_legacy, extensions=extensions
         )
-        self._decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE)
-        self._framing_error: AuthenticationError | None = None
-
-    @property
-    def done(self) -> bool:
-        """Whether both sides have proved they hold the key."""
-        return self._handshake.done
+        self._incoming = bytearray(_BUFFER_SIZE)
+        self._start = 0
+        self._end = 0
 
     @property
     def offered(self) -> frozenset[str]:
         """The extensions our challenge offers."""
-        return self._handshake.extensions
-
-    @property
-    def agreed(self) -> frozenset[str]:
-        """The extensions both ends offered (see :attr:`Handshake.agreed`)."""
-        return self._handshake.agreed
-
-    @property
-    def error(self) -> AuthenticationError | None:
-        """Why the handshake failed, or None."""
-        return self._framing_error or self._handshake.error
+        return self.extensions
 
     def data_to_send(self) -> bytes:
         """The frames to send now (each call returns them once)."""
-        return b"".join(encode_short_header(len(m)) + m for m in self._handshake.messages_to_send())
+        return b"".join([encode_short_header(len(m)) + m for m in self.messages_to_send()])
 
     def fill(self, readinto: ReadInto) -> int:
-        """Receive with ``readinto`` once (see FrameDecoder.fill) and take the frames."""
-        received = self._decoder.fill(readinto)
+        """Receive with ``readinto`` once and take the frames; the count (0 at EOF).
+
+        ``readinto`` returning None (a non-blocking file) raises BlockingIOError.
+        """
+        received = readinto(self._space())
+        if received is None:
+            raise BlockingIOError(errno.EAGAIN, "nothing to read yet")
         if received:
-            self._take_frames()
+            self.buffer_updated(received)
         return received
 
     def receive_data(self, data: bytes) -> None:
         """Take bytes received by other means."""
-        self._decoder.feed(data)
-        self._take_frames()
+        self._space()
+        end = self._end
+        self._incoming[end : end + len(data)] = data
+        self.buffer_updated(len(data))
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Memory for the next received bytes (asyncio's BufferedProtocol contract)."""
-        return self._decoder.get_buffer(sizehint)
+        return self._space()
 
     def buffer_updated(self, nbytes: int) -> None:
         """Take the ``nbytes`` bytes written at the start of the last buffer."""
-        self._decoder.buffer_updated(nbytes)
-        self._take_frames()
-
-    def _take_frames(self) -> None:
+        self._end += nbytes
+        incoming = self._incoming
         while not self.done and self.error is None:
-            try:
-                message = self._decoder.next_frame()
-            except FrameError as exc:
-                self._framing_error = AuthenticationError(f"bad handshake message: {exc}")
+            start = self._start
+            if self._end - start < _HEADER_SIZE:
                 return
-            if message is None:
+            size = _unpack_size(incoming, start)[0]
+            if not 0 <= size <= MAX_HANDSHAKE_MESSAGE:
+                self.error = AuthenticationError(
+                    f"bad handshake message: bad message length: {size} bytes declared, "
+                    f"limit is {MAX_HANDSHAKE_MESSAGE}"
+                )
                 return
-            self._handshake.receive(message)
+            stop = start + _HEADER_SIZE + size
+            if stop > self._end:
+                return
+            self._start = stop
+            self._take(bytes(incoming[start + _HEADER_SIZE : stop]))
 
     def leftover(self) -> bytes:
         """What the peer sent after the handshake, once it is done."""
-        return self._decoder.take_pending()
+        data = bytes(self._incoming[self._start : self._end])
+        self._start = self._end = 0
+        return data
+
+    def _space(self) -> memoryview:
+        """The free end of the buffer, with room for a whole frame at least."""
+        start, end = self._start, self._end
+        incoming = self._incoming
+        if start == end:
+            self._start = self._end = end = 0
+        elif len(incoming) - end < _FRAME_ROOM:
+            incoming[: end - start] = incoming[start:end]
+            end -= start
+            self._start, self._end = 0, end
+            if len(incoming) - end < _FRAME_ROOM:
+                incoming.extend(bytes(_BUFFER_SIZE))
+        return memoryview(incoming)[end:]

@@ -87,9 +87,10 @@ def open_socket(address: Any, family: str) -> tuple[socket.socket, Any]:
         if not is_abstract(address):
             address = os.fspath(address)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # A default timeout (socket.setdefaulttimeout) would leave the fd
-    # non-blocking, and the Connection reads it directly.
-    sock.setblocking(True)
+    if socket.getdefaulttimeout() is not None:
+        # A default timeout (socket.setdefaulttimeout) would leave the fd
+        # non-blocking, and the Connection reads it directly.
+        sock.setblocking(True)
     return sock, address
 
 

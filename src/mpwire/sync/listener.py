@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from ..exceptions import HandshakeTimeout, TLSError, tls_problem
+from ..protocol.frames import ReadInto
 from ..protocol.handshake import FramedHandshake, Role
 from ..serialize import Serializer, get_serializer
 from . import shm
@@ -33,7 +34,6 @@ from .addresses import (
     unlink_on_close,
     validate_family,
 )
-from .auth import run_handshake
 from .connection import Connection
 from .tls import TLSSocket
 
@@ -50,8 +50,14 @@ without an authkey never sends a challenge, so this is how that mistake ends.
 """
 
 
+TIMEOUT_SLACK = 0.01
+"""Seconds a Client's handshake read may overrun its deadline, to save setting its timeout."""
+
 ACCEPT_BACKOFF = 0.05
 """Seconds a Listener out of file descriptors waits before accepting again."""
+
+_SEND_NOW = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
+"""Flags of the handshake's sends: a plain client's socket stays blocking."""
 
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -81,7 +87,7 @@ def _restore_nagle_after_first_send(conn: Connection) -> None:
 class _Pending:
     """An accepted client on its way in: TLS first (if any), then the authkey handshake."""
 
-    __slots__ = ("deadline", "handshake", "peer", "sock", "tls")
+    __slots__ = ("deadline", "handshake", "peer", "readinto", "sock", "tls")
 
     def __init__(
         self,
@@ -96,6 +102,12 @@ class _Pending:
         self.deadline = end
         self.tls = isinstance(sock, TLSSocket)
         """Whether its TLS handshake is still under way."""
+        self.readinto: ReadInto = (
+            sock.recv_into
+            if isinstance(sock, TLSSocket)
+            else partial(sock.recv_into, flags=socket.MSG_DONTWAIT)
+        )
+        """Reads what the client sent, without blocking (a plain socket stays blocking)."""
 
 
 class Listener:
@@ -146,6 +158,13 @@ class Listener:
         self._pending: dict[int, _Pending] = {}
         self._paused_at = time.monotonic()
         self._out_of_fds_until = 0.0
+        self._tcp = is_tcp(sock)
+        self._family = int(sock.family)
+        self._extensions = shm.offer(not self._tcp, ssl_context is not None, shared_memory)
+        """What its challenges offer (the same for every client)."""
+        self._poller = select.poll()
+        """Polls the listening socket (unless out of fds) and the handshakes under way."""
+        self._poller.register(sock, select.POLLIN)
         self._unlink = unlink_on_close(self, sock, bound)
 
     def __enter__(self) -> Self:
@@ -182,7 +201,7 @@ class Listener:
                 accepted = self._accept_one(listening, deadline)
                 if accepted is not None:
                     sock, self._last_accepted = accepted
-                    return self._connection(sock)
+                    return self._connection(sock, bool(self._shared_memory))
         return self._accept_authenticated(listening, deadline)
 
     def _listening(self) -> socket.socket:
@@ -194,36 +213,25 @@ class Listener:
         self, listening: socket.socket, deadline: float | None
     ) -> tuple[socket.socket, Any] | None:
         """A newly connected socket (blocking), or None if a client vanished first."""
-        poller = select.poll()
-        poller.register(listening, select.POLLIN)
-        if not poller.poll(_poll_ms(deadline)):
+        if not self._poller.poll(_poll_ms(deadline)):
             raise TimeoutError("accept timed out")
         try:
-            sock, peer = listening.accept()
+            return self._accepted(listening)
         except (BlockingIOError, ConnectionAbortedError):
             return None
-        sock.setblocking(True)
+
+    def _accepted(self, listening: socket.socket) -> tuple[socket.socket, Any]:
+        """accept(), for a blocking socket, without the enum conversions of socket.accept()."""
+        fd, peer = listening._accept()  # type: ignore[attr-defined]
+        sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fileno=fd)
+        if socket.getdefaulttimeout() is not None:
+            sock.setblocking(True)
         return sock, peer
 
     def _connection(
-        self,
-        sock: socket.socket | TLSSocket,
-        leftover: bytes = b"",
-        agreed: frozenset[str] = frozenset(),
+        self, sock: socket.socket | TLSSocket, shared_memory: bool, leftover: bytes = b""
     ) -> Connection:
-        """The Connection for an accepted client, with what came behind its handshake.
-
-        Handshakes are read with plain reads: a client's mark that descriptors
-        follow ends the read that takes it, so the descriptors behind it wait
-        in the socket for the Connection, which decodes the mark first.
-        """
-        conn = Connection.from_socket(
-            sock, max_message_size=self._max_message_size, serializer=self._serializer
-        )
-        if shm.EXTENSION in agreed or (self._authkey is None and self._shared_memory):
-            conn._use_shared_memory()
-        conn._decoder.feed(leftover)
-        return conn
+        return _connection(sock, self._max_message_size, self._serializer, shared_memory, leftover)
 
     def _accept_authenticated(self, listening: socket.socket, deadline: float | None) -> Connection:
         """Accept clients side by side (TLS, then the key) until one has come through.
@@ -232,36 +240,42 @@ class Listener:
         it is not the client's fault.
         """
         paused = time.monotonic() - self._paused_at
-        for pending in self._pending.values():
+        pending_by_fd = self._pending
+        for pending in pending_by_fd.values():
             pending.deadline += paused
+        poll = self._poller.poll
         try:
             while True:
                 listening = self._listening()  # closed by another thread?
-                poller = select.poll()
-                wake = min((p.deadline for p in self._pending.values()), default=math.inf)
-                if time.monotonic() >= self._out_of_fds_until:
-                    poller.register(listening, select.POLLIN)
-                else:
+                wake = math.inf if deadline is None else deadline
+                if pending_by_fd:
+                    wake = min(wake, *[p.deadline for p in pending_by_fd.values()])
+                if self._out_of_fds_until:
                     wake = min(wake, self._out_of_fds_until)
-                for fd in self._pending:
-                    poller.register(fd, select.POLLIN)
-                if deadline is not None:
-                    wake = min(wake, deadline)
-                ready = poller.poll(None if wake == math.inf else _poll_ms(wake))
+                ready = poll(None if wake == math.inf else _poll_ms(wake))
+                listening_fd = listening.fileno()
                 for fd, _ in ready:
-                    if fd == listening.fileno():
+                    if fd == listening_fd:
                         self._start_handshake(listening)
-                    elif fd in self._pending:
-                        conn = self._advance(self._pending[fd])
+                    elif fd in pending_by_fd:
+                        conn = self._advance(pending_by_fd[fd])
                         if conn is not None:
                             return conn
                 if wake != math.inf and time.monotonic() >= wake:
-                    self._drop_expired()
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError("accept timed out")
+                    self._on_time(listening)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError("accept timed out")
         finally:
             self._paused_at = time.monotonic()
-        self._out_of_fds_until = 0.0
+
+    def _on_time(self, listening: socket.socket) -> None:
+        """Drop the handshakes out of time; accept again after running out of fds."""
+        now = time.monotonic()
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            self._drop(pending)
+        if self._out_of_fds_until and now >= self._out_of_fds_until:
+            self._out_of_fds_until = 0.0
+            self._poller.register(listening, select.POLLIN)
 
     def _start_handshake(self, listening: socket.socket) -> None:
         """Accept a waiting client and start its handshakes.
@@ -274,19 +288,20 @@ class Listener:
         """
         limit = self._handshake_timeout
         try:
-            sock, peer = listening.accept()
+            sock, peer = self._accepted(listening)
         except (BlockingIOError, ConnectionAbortedError):
             return
         except OSError as exc:
             if exc.errno not in _OUT_OF_RESOURCES:
                 raise
             self._out_of_fds_until = time.monotonic() + ACCEPT_BACKOFF
+            self._poller.unregister(listening)
             return
-        sock.setblocking(False)
-        if is_tcp(sock):
-            set_nodelay(sock.fileno(), True)
+        if self._tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         channel: socket.socket | TLSSocket = sock
         if self._ssl_context is not None:
+            sock.setblocking(False)
             channel = TLSSocket(sock, self._ssl_context, server_side=True)
         handshake = None
         if self._authkey is not None:
@@ -295,11 +310,13 @@ class Listener:
                 Role.LISTENER,
                 digest=self._digest,
                 allow_legacy=self._allow_legacy,
-                extensions=shm.offer(sock, channel is not sock, self._shared_memory),
+                extensions=self._extensions,
             )
         end = math.inf if limit is None else time.monotonic() + limit
         pending = _Pending(channel, peer, handshake, end)
-        self._pending[channel.fileno()] = pending
+        fd = channel.fileno()
+        self._pending[fd] = pending
+        self._poller.register(fd, select.POLLIN)
         if not pending.tls:
             self._send_or_drop(pending)
 
@@ -326,15 +343,16 @@ class Listener:
                 raise handshake.error
             if not sent or not handshake.done:
                 return None
-        del self._pending[pending.sock.fileno()]
-        pending.sock.setblocking(True)
+        self._forget(pending)
+        if isinstance(pending.sock, TLSSocket):
+            pending.sock.setblocking(True)
         self._last_accepted = pending.peer
-        tcp = is_tcp(pending.sock)
         if handshake is None:
-            conn = self._connection(pending.sock)
+            conn = self._connection(pending.sock, bool(self._shared_memory))
         else:
-            conn = self._connection(pending.sock, handshake.leftover(), handshake.agreed)
-        if tcp and handshake is not None:
+            shared = shm.EXTENSION in handshake.agreed
+            conn = self._connection(pending.sock, shared, handshake.leftover())
+        if self._tcp and handshake is not None:
             _restore_nagle_after_first_send(conn)
         return conn
 
@@ -361,7 +379,7 @@ class Listener:
     def _receive(pending: _Pending, handshake: FramedHandshake) -> int | None:
         """Read what the client sent (all TLS holds too); 0 at its end, None if nothing yet."""
         sock = pending.sock
-        readinto = sock.recv_into
+        readinto = pending.readinto
         total = 0
         try:
             while True:
@@ -385,21 +403,21 @@ class Listener:
         assert pending.handshake is not None
         data = pending.handshake.data_to_send()
         try:
-            if not data or pending.sock.send(data, socket.MSG_NOSIGNAL) == len(data):
+            if not data or pending.sock.send(data, _SEND_NOW) == len(data):
                 return True
         except OSError:
             pass
         self._drop(pending)
         return False
 
-    def _drop_expired(self) -> None:
-        now = time.monotonic()
-        for pending in [p for p in self._pending.values() if p.deadline <= now]:
-            self._drop(pending)
-
     def _drop(self, pending: _Pending) -> None:
-        self._pending.pop(pending.sock.fileno(), None)
+        self._forget(pending)
         pending.sock.close()
+
+    def _forget(self, pending: _Pending) -> None:
+        fd = pending.sock.fileno()
+        if self._pending.pop(fd, None) is not None:
+            self._poller.unregister(fd)
 
     def close(self) -> None:
         """Close the socket (and any unfinished handshakes); remove a Unix socket's file."""
@@ -443,43 +461,104 @@ def Client(
     family = family or address_type(address)
     validate_family(family)
     check_authkey(authkey)
+    serializer = get_serializer(serializer)
     deadline = None if timeout is None else time.monotonic() + timeout
     sock = _connect(address, family, deadline)
-    channel: socket.socket | TLSSocket = sock
-    if ssl_context is not None:
-        channel = _start_tls(sock, ssl_context, address, server_hostname, deadline)
-    conn = Connection.from_socket(channel, max_message_size=max_message_size, serializer=serializer)
-    if authkey is None:
-        if shared_memory:
-            conn._use_shared_memory()
-        return conn
-    if handshake_timeout is not None:
-        limit = time.monotonic() + handshake_timeout
-        deadline = limit if deadline is None else min(deadline, limit)
-    tcp = is_tcp(sock)
+    tcp = family == "AF_INET"
     try:
-        if tcp:
-            set_nodelay(conn.fileno(), True)
-        agreed = run_handshake(
-            conn,
+        channel: socket.socket | TLSSocket = sock
+        if ssl_context is not None:
+            channel = _start_tls(sock, ssl_context, address, server_hostname, deadline)
+        if authkey is None:
+            return _connection(channel, max_message_size, serializer, bool(shared_memory))
+        if handshake_timeout is not None:
+            limit = time.monotonic() + handshake_timeout
+            deadline = limit if deadline is None else min(deadline, limit)
+        handshake = FramedHandshake(
             authkey,
             Role.CLIENT,
-            digest,
-            deadline=deadline,
+            digest=digest,
             allow_legacy=allow_legacy_auth,
-            extensions=shm.offer(sock, channel is not sock, shared_memory),
+            extensions=shm.offer(not tcp, channel is not sock, shared_memory),
         )
-    except TimeoutError as exc:
-        conn.close()
-        raise HandshakeTimeout.from_listener(address) from exc
+        if tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            _authenticate(sock, channel, handshake, deadline)
+        except TimeoutError as exc:
+            raise HandshakeTimeout.from_listener(address) from exc
+        shared = shm.EXTENSION in handshake.agreed
+        conn = _connection(channel, max_message_size, serializer, shared, handshake.leftover())
     except BaseException:
-        conn.close()
+        sock.close()
         raise
     if tcp:
         _restore_nagle_after_first_send(conn)
-    if shm.EXTENSION in agreed:
-        conn._use_shared_memory()
     return conn
+
+
+def _connection(
+    sock: socket.socket | TLSSocket,
+    max_message_size: int | None,
+    serializer: Serializer,
+    shared_memory: bool,
+    leftover: bytes = b"",
+) -> Connection:
+    """The Connection over a socket through its handshake, with what came behind the handshake.
+
+    Handshakes are read with plain reads: a peer's mark that descriptors
+    follow ends the read that takes it, so the descriptors behind it wait in
+    the socket for the Connection, which decodes the mark first.
+    """
+    conn = Connection.from_socket(sock, max_message_size=max_message_size, serializer=serializer)
+    if shared_memory:
+        conn._use_shared_memory()
+    if leftover:
+        conn._decoder.feed(leftover)
+    return conn
+
+
+def _authenticate(
+    sock: socket.socket,
+    channel: socket.socket | TLSSocket,
+    handshake: FramedHandshake,
+    deadline: float | None,
+) -> None:
+    """Run a client's handshake on its socket, before it becomes a Connection.
+
+    Sends take no timeout (see :func:`~mpwire.sync.auth.run_handshake`);
+    reads are bounded by ``deadline`` with the socket's own timeout, set
+    again only once it would let a read overrun the deadline by more than
+    :data:`TIMEOUT_SLACK` (a listener that answers at once costs no system
+    call for it per read).
+    """
+    readinto = channel.recv_into
+    armed = math.inf
+    while True:
+        data = handshake.data_to_send()
+        try:
+            while data:
+                data = data[channel.send(data, socket.MSG_NOSIGNAL) :]
+        except OSError:
+            # The listener may hang up before our #FAILURE# reaches it; the
+            # authentication failure is the error worth reporting.
+            if handshake.error is None:
+                raise
+        if handshake.error is not None:
+            raise handshake.error
+        if handshake.done:
+            if armed != math.inf:
+                sock.setblocking(True)
+            return
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the listener's side of the handshake timed out")
+            if armed - left > TIMEOUT_SLACK:
+                sock.settimeout(left)
+                armed = left
+        if not handshake.fill(readinto):
+            raise EOFError("the listener hung up during the handshake")
 
 
 def _start_tls(
@@ -514,10 +593,12 @@ def _connect(address: Any, family: str, deadline: float | None) -> socket.socket
     while True:
         sock, target = open_socket(address, family)
         try:
-            # A zero timeout would make the socket non-blocking: keep it positive.
-            sock.settimeout(None if deadline is None else max(deadline - time.monotonic(), 1e-3))
+            if deadline is not None:
+                # A zero timeout would make the socket non-blocking: keep it positive.
+                sock.settimeout(max(deadline - time.monotonic(), 1e-3))
             sock.connect(target)
-            sock.setblocking(True)
+            if deadline is not None:
+                sock.setblocking(True)
             return sock
         except OSError as exc:
             sock.close()

@@ -92,12 +92,12 @@ EXTENSION = "shm"
 """The name both ends offer in the handshake to agree on shared memory."""
 
 
-def offer(sock: socket.socket, tls: bool, shared_memory: bool | None) -> frozenset[str]:
-    """What a Listener or Client on ``sock`` offers in its challenge.
+def offer(unix: bool, tls: bool, shared_memory: bool | None) -> frozenset[str]:
+    """What a Listener or Client offers in its challenge (``unix``: on a Unix socket).
 
     Shared memory works on Unix sockets without TLS; ``shared_memory=False`` turns it off.
     """
-    if shared_memory is False or tls or sock.family != socket.AF_UNIX or not available():
+    if shared_memory is False or tls or not unix or not available():
         return frozenset()
     return frozenset({EXTENSION})
 
