@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +14,10 @@ from typing import Any
 import pytest
 
 import mpwire
+from mpwire.protocol.frames import encode_short_header
+from mpwire.protocol.handshake import WELCOME, FramedHandshake, Role
 from mpwire.sync import listener as listener_module
+from mpwire.sync.addresses import listening_socket
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,3 +126,63 @@ def test_time_outside_accept_does_not_count_against_a_handshake(
         time.sleep(0.5)  # longer than handshake_timeout, spent outside accept()
         _serve_one(listener)
         assert first.result() == second.result() == "ping/pong"
+
+
+def _raw_listener(address: Any) -> tuple[Any, Any]:
+    """A bare listening socket (no mpwire Listener behind it), and its address."""
+    sock, bound = listening_socket(address, None, 1, KEY)
+    sock.setblocking(True)
+    sock.settimeout(10)
+    return sock, bound
+
+
+def test_a_listener_trickling_its_challenge_cannot_stretch_the_clients_handshake(
+    address: Any, background: Callable[..., Any]
+) -> None:
+    """Each byte arrives within the read's timeout; the deadline still holds for the whole."""
+    listening, bound = _raw_listener(address)
+    challenge = FramedHandshake(KEY, Role.LISTENER).data_to_send()
+
+    def trickle() -> None:
+        conn, _ = listening.accept()
+        with conn, contextlib.suppress(OSError):  # the client hung up
+            for byte in challenge:  # about 5 s for the whole challenge
+                conn.send(bytes([byte]))
+                time.sleep(0.05)
+
+    with listening:
+        peer = background(trickle)
+        started = time.monotonic()
+        with pytest.raises(mpwire.HandshakeTimeout):
+            mpwire.Client(bound, authkey=KEY, handshake_timeout=0.5)
+        assert time.monotonic() - started < 2
+        peer.result()
+
+
+def test_a_client_challenges_behind_its_answer_on_the_wire(
+    address: Any, background: Callable[..., Any]
+) -> None:
+    """An mpwire listener's offer gets the client's answer and challenge before any welcome."""
+    listening, bound = _raw_listener(address)
+    with listening:
+        client = background(mpwire.Client, bound, authkey=KEY)
+        conn, _ = listening.accept()
+        with conn:
+            conn.settimeout(10)
+            handshake = FramedHandshake(KEY, Role.LISTENER)
+            conn.sendall(handshake.data_to_send())
+            queued: list[bytes] = []
+            while len(queued) < 2:  # nothing sent meanwhile: a late challenge would time out
+                assert handshake.fill(conn.recv_into)
+                queued += handshake.messages_to_send()
+            assert queued[0] == WELCOME and queued[1].startswith(b"{sha256}")
+            conn.sendall(b"".join(encode_short_header(len(m)) + m for m in queued))
+            while not handshake.done:
+                assert handshake.fill(conn.recv_into)
+            assert handshake.error is None
+            with client.result() as connected:
+                connected.send("after")
+                data = handshake.leftover()
+                while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+                    data += conn.recv(100)
+                assert pickle.loads(data[4:]) == "after"
