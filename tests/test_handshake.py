@@ -142,20 +142,33 @@ def test_a_client_challenges_behind_its_answer_when_the_listener_offers_it() -> 
 
 
 def test_a_client_challenges_a_stdlib_listener_only_once_welcomed() -> None:
-    """A stdlib listener (challenge, then answer) offers nothing, and reads message by message."""
+    """A stdlib listener's challenge offers nothing; it reads message by message."""
+    message = b"{sha256}" + os.urandom(MESSAGE_LENGTH)
+    client = Handshake(b"key", Role.CLIENT)
+    client.receive(CHALLENGE + message)
+    (answer,) = client.messages_to_send()
+    verify_response(b"key", message, answer)
+    client.receive(WELCOME)
+    (challenge,) = client.messages_to_send()
+    client.receive(create_response(b"key", challenge.removeprefix(CHALLENGE)))
+    assert client.messages_to_send() == [WELCOME] and client.done
+    assert client.agreed == frozenset()
+
+
+def test_deliver_then_answer_challenge_take_an_early_client() -> None:
+    """mpwire's lone challenger offers it: the early challenge waits for the answerer."""
     challenger = Handshake(b"key", Role.CHALLENGER)
     answerer = Handshake(b"key", Role.ANSWERER)
     client = Handshake(b"key", Role.CLIENT)
     client.receive(challenger.messages_to_send()[0])
-    (answer,) = client.messages_to_send()
+    answer, challenge = client.messages_to_send()
     challenger.receive(answer)
-    client.receive(challenger.messages_to_send()[0])
-    (challenge,) = client.messages_to_send()
+    assert challenger.messages_to_send() == [WELCOME] and challenger.done
     answerer.receive(challenge)
+    client.receive(WELCOME)
     client.receive(answerer.messages_to_send()[0])
     answerer.receive(client.messages_to_send()[0])
-    assert challenger.done and answerer.done and client.done
-    assert client.agreed == frozenset()
+    assert answerer.done and client.done and answerer.error is None
 
 
 def test_a_listener_that_rejects_an_early_client_says_so_before_its_challenge() -> None:
@@ -174,7 +187,7 @@ def test_a_listener_that_rejects_an_early_client_says_so_before_its_challenge() 
 def test_modern_challenge_prefixes_the_digest() -> None:
     challenger = Handshake(b"k", Role.CHALLENGER, urandom=lambda n: b"r" * n)
     (message,) = challenger.messages_to_send()
-    assert message == CHALLENGE + b"{sha256}" + b"r" * 40
+    assert message == CHALLENGE + b"{sha256}" + b"r" * 40 + EXTENSIONS_MARK + b"early-challenge"
 
 
 def test_modern_challenger_accepts_a_legacy_md5_answer() -> None:

@@ -21,11 +21,14 @@ the offer, and neither offer can be altered without failing the check: the
 listener's offer is in the message the client answers, the client's in the
 message the listener answers. Both ends use the extensions both offered.
 
-Listeners and clients always offer :data:`EARLY_CHALLENGE`: a client that
-sees it in the listener's challenge sends its own challenge right behind its
-answer, and the listener sends its welcome and its answer together. The
+mpwire's challenges always offer :data:`EARLY_CHALLENGE`: a client that sees
+it in the listener's challenge sends its own challenge right behind its
+answer, and a listener sends its welcome and its answer together. The
 handshake then takes two round trips instead of three. A stdlib listener
-never offers it, and reads one message at a time anyway.
+never offers it. A lone challenger (``deliver_challenge()``) offers it too:
+the early challenge waits in the stream for the ``answer_challenge()`` that
+follows it on the listener's side (the stdlib's order, and the only one in
+which a client that challenges back gets its answer).
 """
 
 from __future__ import annotations
@@ -201,8 +204,8 @@ class Handshake:
     HMAC our challenges ask for; without ``allow_legacy``, unprefixed
     (HMAC-MD5) challenges and answers are refused, so a peer or a meddler
     cannot downgrade a modern pair. Our challenge offers ``extensions``
-    (and :data:`EARLY_CHALLENGE` as a listener or client); once done,
-    :attr:`agreed` holds those the peer's challenge offered too.
+    (and :data:`EARLY_CHALLENGE`); once done, :attr:`agreed` holds those the
+    peer's challenge offered too.
     """
 
     def __init__(
@@ -224,8 +227,8 @@ class Handshake:
         self._allow_legacy = allow_legacy
         self._urandom = urandom
         self._client = role is _CLIENT
-        paired = self._client or role is _LISTENER
-        self.extensions = frozenset(extensions) | _EARLY if paired else frozenset(extensions)
+        early = role is not _ANSWERER
+        self.extensions = frozenset(extensions) | _EARLY if early else frozenset(extensions)
         """What our challenge offers."""
         self.peer_extensions: frozenset[str] = _NONE
         """What the peer's challenge offered."""
@@ -313,6 +316,7 @@ class Handshake:
 _LISTENER: Final = Role.LISTENER
 _CLIENT: Final = Role.CLIENT
 _CHALLENGER: Final = Role.CHALLENGER
+_ANSWERER: Final = Role.ANSWERER
 _EARLY: Final = frozenset({EARLY_CHALLENGE})
 _NONE: Final[frozenset[str]] = frozenset()
 _STEPS: Final[dict[str, tuple[Callable[[Handshake, bytes], None], ...]]] = {

@@ -14,6 +14,7 @@ import math
 import select
 import socket
 import ssl
+import struct
 import time
 from functools import partial
 from types import TracebackType
@@ -52,6 +53,9 @@ without an authkey never sends a challenge, so this is how that mistake ends.
 
 TIMEOUT_SLACK = 0.01
 """Seconds a Client's handshake read may overrun its deadline, to save setting its timeout."""
+
+_TIMEVAL = struct.Struct("@ll")
+"""SO_RCVTIMEO's value: a struct timeval."""
 
 ACCEPT_BACKOFF = 0.05
 """Seconds a Listener out of file descriptors waits before accepting again."""
@@ -526,11 +530,13 @@ def _authenticate(
 ) -> None:
     """Run a client's handshake on its socket, before it becomes a Connection.
 
-    Sends take no timeout (see :func:`~mpwire.sync.auth.run_handshake`);
-    reads are bounded by ``deadline`` with the socket's own timeout, set
-    again only once it would let a read overrun the deadline by more than
-    :data:`TIMEOUT_SLACK` (a listener that answers at once costs no system
-    call for it per read).
+    Sends take no timeout (see :func:`~mpwire.sync.auth.run_handshake`).
+    Reads are bounded by ``deadline`` with the socket's receive timeout
+    (``SO_RCVTIMEO``), so the socket stays blocking and no call polls first;
+    the timeout is set again only once it would let a read overrun the
+    deadline by more than :data:`TIMEOUT_SLACK`, so a listener that answers
+    at once costs a system call before the handshake and one after, not one
+    per read.
     """
     readinto = channel.recv_into
     armed = math.inf
@@ -548,17 +554,28 @@ def _authenticate(
             raise handshake.error
         if handshake.done:
             if armed != math.inf:
-                sock.setblocking(True)
+                _set_receive_timeout(sock, 0.0)
             return
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("the listener's side of the handshake timed out")
             if armed - left > TIMEOUT_SLACK:
-                sock.settimeout(left)
+                _set_receive_timeout(sock, left)
                 armed = left
-        if not handshake.fill(readinto):
+        try:
+            received = handshake.fill(readinto)
+        except BlockingIOError:  # the receive timeout ran out
+            raise TimeoutError("the listener's side of the handshake timed out") from None
+        if not received:
             raise EOFError("the listener hung up during the handshake")
+
+
+def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound each read of a blocking socket to ``seconds`` (0: no bound)."""
+    # A zero timeval means no bound: a bound rounds up to a microsecond.
+    micros = max(math.ceil(seconds * 1e6), 1) if seconds else 0
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micros, 10**6)))
 
 
 def _start_tls(
