@@ -1364,3 +1364,21 @@ def test_xml_listener_and_client_interoperate_with_the_stdlib(
             wrapped.send("hi")
             assert b"<string>hi</string>" in plain.recv_bytes()
         wrapped.close()
+
+
+@pytest.mark.parametrize("authkey", [None, KEY], ids=["no-key", "key"])
+def test_threads_may_accept_side_by_side(
+    address: Any, authkey: bytes | None, background: Callable[..., Any]
+) -> None:
+    """As with the stdlib: each accept() returns a connection of its own."""
+    with mpwire.Listener(address, backlog=4, authkey=authkey) as listener:
+
+        def accept_one() -> Any:
+            with listener.accept(timeout=20) as conn:
+                return conn.recv(timeout=20)
+
+        acceptors = [background(accept_one) for _ in range(3)]
+        for number in range(3):
+            with mpwire.Client(listener.address, authkey=authkey) as client:
+                client.send(number)
+        assert sorted(acceptor.result(30) for acceptor in acceptors) == [0, 1, 2]

@@ -36,6 +36,7 @@ from .addresses import (
     validate_family,
 )
 from .connection import Connection
+from .gate import Gate
 from .tls import TLSSocket
 
 __all__ = ["CLIENT_HANDSHAKE_TIMEOUT", "HANDSHAKE_TIMEOUT", "Client", "Listener"]
@@ -168,6 +169,8 @@ class Listener:
         """What its challenges offer (the same for every client)."""
         self._poller = select.poll()
         """Polls the listening socket (unless out of fds) and the handshakes under way."""
+        self._accept_gate = Gate()
+        """Held by the accept() that runs the handshakes."""
         self._poller.register(sock, select.POLLIN)
         self._unlink = unlink_on_close(self, sock, bound)
 
@@ -206,7 +209,20 @@ class Listener:
                 if accepted is not None:
                     sock, self._last_accepted = accepted
                     return self._connection(sock, bool(self._shared_memory))
-        return self._accept_authenticated(listening, deadline)
+        # One thread at a time runs the handshakes (and polls them); the others
+        # wait their turn, for their timeout at most.
+        gate = self._accept_gate
+        try:
+            del gate.token[0]
+        except IndexError:
+            if not gate.acquire(timeout):
+                raise TimeoutError("accept timed out") from None
+        try:
+            return self._accept_authenticated(listening, deadline)
+        finally:
+            gate.token.append(True)
+            if gate.waiting:
+                gate.wake()
 
     def _listening(self) -> socket.socket:
         if self._socket is None:
@@ -217,7 +233,10 @@ class Listener:
         self, listening: socket.socket, deadline: float | None
     ) -> tuple[socket.socket, Any] | None:
         """A newly connected socket (blocking), or None if a client vanished first."""
-        if not self._poller.poll(_poll_ms(deadline)):
+        # A poll of its own: threads may accept side by side, as with the stdlib.
+        poller = select.poll()
+        poller.register(listening, select.POLLIN)
+        if not poller.poll(_poll_ms(deadline)):
             raise TimeoutError("accept timed out")
         try:
             return self._accepted(listening)
