@@ -14,7 +14,6 @@ import math
 import select
 import socket
 import ssl
-import struct
 import time
 from functools import partial
 from types import TracebackType
@@ -35,6 +34,7 @@ from .addresses import (
     unlink_on_close,
     validate_family,
 )
+from .auth import authenticate_socket
 from .connection import Connection
 from .gate import Gate
 from .tls import TLSSocket
@@ -51,12 +51,6 @@ Longer than the listener's: a busy listener may call accept() late. A listener
 without an authkey never sends a challenge, so this is how that mistake ends.
 """
 
-
-TIMEOUT_SLACK = 0.01
-"""Seconds a Client's handshake read may overrun its deadline, to save setting its timeout."""
-
-_TIMEVAL = struct.Struct("@ll")
-"""SO_RCVTIMEO's value: a struct timeval."""
 
 ACCEPT_BACKOFF = 0.05
 """Seconds a Listener out of file descriptors waits before accepting again."""
@@ -507,7 +501,7 @@ def Client(
         if tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            _authenticate(sock, channel, handshake, deadline)
+            authenticate_socket(sock, channel, handshake, deadline)
         except TimeoutError as exc:
             raise HandshakeTimeout.from_listener(address) from exc
         shared = shm.EXTENSION in handshake.agreed
@@ -539,62 +533,6 @@ def _connection(
     if leftover:
         conn._decoder.feed(leftover)
     return conn
-
-
-def _authenticate(
-    sock: socket.socket,
-    channel: socket.socket | TLSSocket,
-    handshake: FramedHandshake,
-    deadline: float | None,
-) -> None:
-    """Run a client's handshake on its socket, before it becomes a Connection.
-
-    Sends take no timeout (see :func:`~mpwire.sync.auth.run_handshake`).
-    Reads are bounded by ``deadline`` with the socket's receive timeout
-    (``SO_RCVTIMEO``), so the socket stays blocking and no call polls first;
-    the timeout is set again only once it would let a read overrun the
-    deadline by more than :data:`TIMEOUT_SLACK`, so a listener that answers
-    at once costs a system call before the handshake and one after, not one
-    per read.
-    """
-    readinto = channel.recv_into
-    armed = math.inf
-    while True:
-        data = handshake.data_to_send()
-        try:
-            while data:
-                data = data[channel.send(data, socket.MSG_NOSIGNAL) :]
-        except OSError:
-            # The listener may hang up before our #FAILURE# reaches it; the
-            # authentication failure is the error worth reporting.
-            if handshake.error is None:
-                raise
-        if handshake.error is not None:
-            raise handshake.error
-        if handshake.done:
-            if armed != math.inf:
-                _set_receive_timeout(sock, 0.0)
-            return
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("the listener's side of the handshake timed out")
-            if armed - left > TIMEOUT_SLACK:
-                _set_receive_timeout(sock, left)
-                armed = left
-        try:
-            received = handshake.fill(readinto)
-        except BlockingIOError:  # the receive timeout ran out
-            raise TimeoutError("the listener's side of the handshake timed out") from None
-        if not received:
-            raise EOFError("the listener hung up during the handshake")
-
-
-def _set_receive_timeout(sock: socket.socket, seconds: float) -> None:
-    """Bound each read of a blocking socket to ``seconds`` (0: no bound)."""
-    # A zero timeval means no bound: a bound rounds up to a microsecond.
-    micros = max(math.ceil(seconds * 1e6), 1) if seconds else 0
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _TIMEVAL.pack(*divmod(micros, 10**6)))
 
 
 def _start_tls(
